@@ -1,0 +1,108 @@
+"""Forward alignment of any (torch module, paddle layer) pair, matched by submodule name.
+
+    summary = align_forward(torch_model, paddle_model, {"x": array}, "float64", "reports/mymodel/forward")
+
+Both models run in eval mode on the same inputs. Every named submodule's output is recorded on both sides
+(align.hooks), plus what `outputs_fn` returns (final outputs, post-processing). In float32 the pair is also
+run in float64 (same weights, cast) to measure each framework's own rounding noise (align.compare).
+The models are left in float32 afterwards if they came in float32.
+"""
+import time
+from collections import OrderedDict
+
+import numpy as np
+
+from align.compare import compare_runs
+from align.hooks import flatten_outputs, match_records, record_paddle, record_torch
+from align.report import write_report
+
+FLOAT_DTYPES = ("float32", "float64")
+
+
+def _torch_numpy(t):
+    import torch
+    return t.detach().cpu().numpy().copy() if isinstance(t, torch.Tensor) else (
+        np.asarray(t) if isinstance(t, np.ndarray) else None)
+
+
+def _paddle_numpy(t):
+    import paddle
+    return t.detach().cpu().numpy().copy() if isinstance(t, paddle.Tensor) else (
+        np.asarray(t) if isinstance(t, np.ndarray) else None)
+
+
+def _cast_inputs(inputs, dtype):
+    return {k: (v.astype(dtype) if np.issubdtype(v.dtype, np.floating) else v) for k, v in inputs.items()}
+
+
+def run_torch(model, inputs, dtype, outputs_fn=None):
+    """One eval-mode forward of a torch model in `dtype`; returns ({key: array} hooks then outputs, seconds)."""
+    import torch
+    model.to(getattr(torch, dtype)).eval()
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in _cast_inputs(inputs, dtype).items()}
+    start = time.perf_counter()
+    with torch.no_grad(), record_torch(model) as rec:
+        outputs = outputs_fn(model, tensors) if outputs_fn else model(*tensors.values())
+    seconds = time.perf_counter() - start
+    records = rec.records()
+    flat = []
+    flatten_outputs("output", outputs, _torch_numpy, flat)
+    records.update(flat)
+    return records, seconds
+
+
+def run_paddle(model, inputs, dtype, outputs_fn=None):
+    import paddle
+    model.to(dtype=dtype)
+    model.eval()
+    tensors = {k: paddle.to_tensor(np.ascontiguousarray(v)) for k, v in _cast_inputs(inputs, dtype).items()}
+    start = time.perf_counter()
+    with paddle.no_grad(), record_paddle(model) as rec:
+        outputs = outputs_fn(model, tensors) if outputs_fn else model(*tensors.values())
+    seconds = time.perf_counter() - start
+    records = rec.records()
+    flat = []
+    flatten_outputs("output", outputs, _paddle_numpy, flat)
+    records.update(flat)
+    return records, seconds
+
+
+def align_forward(torch_model, paddle_model, inputs, dtype, out_dir, torch_outputs_fn=None,
+                  paddle_outputs_fn=None, check="forward", extra=None, float64_view=None):
+    """Run both models, compare every matched record, write the report to out_dir; returns the summary.
+
+    inputs: {name: ndarray}, passed positionally in this order (or to the outputs_fn as tensors).
+    outputs_fn(model, tensors) -> tensor / tuple / dict of tensors: the final outputs to compare.
+    float64_view(records32, records64) -> {key: array}: for outputs that select (NMS, top-k), the float64
+    counterpart of the float32 selection, replacing the float64 run's own values in the noise floor.
+    """
+    if dtype not in FLOAT_DTYPES:
+        raise ValueError(f"dtype must be one of {FLOAT_DTYPES}, got {dtype!r}")
+    t_rec, t_sec = run_torch(torch_model, inputs, dtype, torch_outputs_fn)
+    p_rec, p_sec = run_paddle(paddle_model, inputs, dtype, paddle_outputs_fn)
+    matched, unmatched = match_records(t_rec, p_rec)
+    timings = {f"torch_{dtype}_s": t_sec, f"paddle_{dtype}_s": p_sec}
+    if dtype == "float64":
+        results = compare_runs(dtype, OrderedDict((k, t_rec[k]) for k in matched), p_rec)
+    else:
+        t64, t64_sec = run_torch(torch_model, inputs, "float64", torch_outputs_fn)
+        p64, p64_sec = run_paddle(paddle_model, inputs, "float64", paddle_outputs_fn)
+        run_torch_cast(torch_model, "float32")
+        paddle_model.to(dtype="float32")
+        timings.update(torch_float64_s=t64_sec, paddle_float64_s=p64_sec)
+        if float64_view is not None:
+            t64.update(float64_view(t_rec, t64))
+            p64.update(float64_view(p_rec, p64))
+        both64 = [k for k in matched if k in t64 and k in p64]
+        unmatched["missing_in_float64_run"] = [k for k in matched if k not in both64]
+        results = compare_runs(dtype, OrderedDict((k, t_rec[k]) for k in both64), p_rec, t64, p64)
+    summary_extra = {"unmatched": unmatched, "timings": timings,
+                     "inputs": {k: list(np.shape(v)) for k, v in inputs.items()}}
+    summary_extra.update(extra or {})
+    return write_report(out_dir, check, dtype, {k: t_rec[k] for k in results}, {k: p_rec[k] for k in results},
+                        results, order=list(results), extra=summary_extra)
+
+
+def run_torch_cast(model, dtype):
+    import torch
+    model.to(getattr(torch, dtype))

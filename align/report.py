@@ -1,0 +1,100 @@
+"""The report every alignment check writes: reprod_log logs, diff.txt and summary.json.
+
+Layout of DIR (one check):
+    torch.npy, paddle.npy  reprod_log ReprodLogger files with identical key sets (ReprodDiffHelper reads them)
+    diff.txt               a table for people: one row per key, worst first is NOT used; rows follow execution order
+    summary.json           the machine-readable verdict: {"passed", "dtype", "first_divergence", "keys": {...}, ...}
+The caller's exit status is 0 iff summary["passed"].
+"""
+import math
+import os
+
+import numpy as np
+from reprod_log import ReprodLogger
+
+from align.atomic import atomic_path, write_json, write_text
+
+
+def save_reprod_log(path, data):
+    """Write a ReprodLogger file atomically (np.save appends '.npy', so the temp name keeps that suffix)."""
+    logger = ReprodLogger()
+    for key, value in data.items():
+        logger.add(key, np.ascontiguousarray(np.asarray(value)))
+    with atomic_path(path, suffix=".npy") as tmp:
+        logger.save(tmp)
+
+
+def _fmt(x):
+    if isinstance(x, float):
+        if math.isinf(x) or math.isnan(x):
+            return str(x)
+        return f"{x:.3e}"
+    return str(x)
+
+
+def render_table(summary):
+    keys = summary["keys"]
+    float32 = summary["dtype"] == "float32"
+    cols = ["max_abs", "mean_abs", "max_rel"] + (["noise_torch", "noise_paddle", "tolerance_abs"] if float32 else [])
+    lines = [
+        f"check: {summary.get('check', '')}   dtype: {summary['dtype']}   passed: {summary['passed']}",
+        f"first divergence: {summary['first_divergence']}",
+        "rule: " + summary["rule"],
+        "",
+    ]
+    width = max([len(k) for k in keys] + [10])
+    lines.append(f"{'key':<{width}}  " + "  ".join(f"{c:>13}" for c in cols) + "  result")
+    for name, st in keys.items():
+        row = "  ".join(f"{_fmt(st.get(c, '')):>13}" for c in cols)
+        note = ""
+        if "shape_mismatch" in st:
+            note = f"  shapes {st['shape_mismatch'][0]} vs {st['shape_mismatch'][1]}"
+        lines.append(f"{name:<{width}}  {row}  {'ok' if st['passed'] else 'FAIL'}{note}")
+    for extra_key in ("unmatched", "notes"):
+        if summary.get(extra_key):
+            lines.append("")
+            lines.append(f"{extra_key}: {summary[extra_key]}")
+    return "\n".join(lines) + "\n"
+
+
+def rule_text(dtype):
+    from align import compare
+    if dtype == "float64":
+        return f"float64: max_rel <= {compare.FP64_MAX_REL:g} for every key"
+    return (f"float32: max_abs <= {compare.NOISE_MULTIPLE:g} x max(min(noise_torch, noise_paddle), "
+            f"{compare.ULP_FLOOR:.3g} x max|ref|), noise = each framework's float32-vs-float64 error")
+
+
+def write_report(out_dir, check, dtype, torch_log, paddle_log, results, order=None, extra=None):
+    """Write the three report files and return the summary dict.
+
+    results: {key: stats dict with at least 'passed'}; order: keys in execution order (first divergence
+    is the first failing key in that order); extra: more fields for summary.json.
+    """
+    if set(torch_log) != set(paddle_log):
+        raise ValueError("torch and paddle logs must have identical key sets; differing: "
+                         f"{sorted(set(torch_log) ^ set(paddle_log))}")
+    order = list(order) if order is not None else list(results)
+    missing = [k for k in results if k not in order]
+    order += missing
+    first = next((k for k in order if k in results and not results[k]["passed"]), None)
+    summary = {
+        "check": check,
+        "passed": bool(all(r["passed"] for r in results.values())) and bool(results),
+        "dtype": dtype,
+        "first_divergence": first,
+        "rule": rule_text(dtype),
+        "num_keys": len(results),
+        "keys": {k: results[k] for k in order if k in results},
+    }
+    if extra:
+        for k, v in extra.items():
+            summary[k] = v
+        if extra.get("unmatched") and any(extra["unmatched"].values()):
+            summary["passed"] = False
+    os.makedirs(out_dir, exist_ok=True)
+    save_reprod_log(os.path.join(out_dir, "torch.npy"), torch_log)
+    save_reprod_log(os.path.join(out_dir, "paddle.npy"), paddle_log)
+    write_text(os.path.join(out_dir, "diff.txt"), render_table(summary))
+    write_json(os.path.join(out_dir, "summary.json"), summary)
+    return summary
