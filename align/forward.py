@@ -39,7 +39,7 @@ def run_torch(model, inputs, dtype, outputs_fn=None):
     """One eval-mode forward of a torch model in `dtype`; returns ({key: array} hooks then outputs, seconds)."""
     import torch
     model.to(getattr(torch, dtype)).eval()
-    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in _cast_inputs(inputs, dtype).items()}
+    tensors = {k: torch.from_numpy(np.asarray(v, order="C")) for k, v in _cast_inputs(inputs, dtype).items()}
     start = time.perf_counter()
     with torch.no_grad(), record_torch(model) as rec:
         outputs = outputs_fn(model, tensors) if outputs_fn else model(*tensors.values())
@@ -55,7 +55,7 @@ def run_paddle(model, inputs, dtype, outputs_fn=None):
     import paddle
     model.to(dtype=dtype)
     model.eval()
-    tensors = {k: paddle.to_tensor(np.ascontiguousarray(v)) for k, v in _cast_inputs(inputs, dtype).items()}
+    tensors = {k: paddle.to_tensor(np.asarray(v, order="C")) for k, v in _cast_inputs(inputs, dtype).items()}
     start = time.perf_counter()
     with paddle.no_grad(), record_paddle(model) as rec:
         outputs = outputs_fn(model, tensors) if outputs_fn else model(*tensors.values())

@@ -19,7 +19,7 @@ def save_reprod_log(path, data):
     """Write a ReprodLogger file atomically (np.save appends '.npy', so the temp name keeps that suffix)."""
     logger = ReprodLogger()
     for key, value in data.items():
-        logger.add(key, np.ascontiguousarray(np.asarray(value)))
+        logger.add(key, np.asarray(value, order="C"))
     with atomic_path(path, suffix=".npy") as tmp:
         logger.save(tmp)
 

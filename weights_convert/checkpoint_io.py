@@ -85,13 +85,13 @@ def load_checkpoint(path):
 def save_torch(state, path):
     import torch
     with atomic_path(path) as tmp:
-        torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, tmp)
+        torch.save({k: torch.from_numpy(np.asarray(v, order="C")) for k, v in state.items()}, tmp)
 
 
 def save_paddle(state, path):
     import paddle
     with atomic_path(path) as tmp:
-        paddle.save({k: paddle.to_tensor(np.ascontiguousarray(v)) for k, v in state.items()}, tmp)
+        paddle.save({k: paddle.to_tensor(np.asarray(v, order="C")) for k, v in state.items()}, tmp)
 
 
 def save_checkpoint(state, path, framework):

@@ -79,7 +79,7 @@ def torch_to_paddle(state, layout, what="torch checkpoint"):
     for k, v in state.items():
         pk = torch_key_to_paddle(k)
         if pk is not None:
-            out[pk] = np.ascontiguousarray(v.T if k in layout.linear_keys else v)
+            out[pk] = np.asarray(v.T if k in layout.linear_keys else v, order="C")
     return out
 
 
@@ -92,7 +92,7 @@ def paddle_to_torch(state, layout, what="Paddle checkpoint"):
             out[k] = np.zeros(layout.torch_shapes[k], dtype=np.dtype(layout.torch_dtypes[k]))
         else:
             v = state[pk]
-            out[k] = np.ascontiguousarray(v.T if k in layout.linear_keys else v)
+            out[k] = np.asarray(v.T if k in layout.linear_keys else v, order="C")
     return out
 
 

@@ -1,7 +1,8 @@
 """ResNet-50, the Paddle twin of torch_ref/models/resnet.py (same layer and parameter names).
 
 RetinaNet trains it with the stem and the first `frozen_stages` stages frozen (stop_gradient) and every
-BatchNorm in eval mode (`norm_eval`), as mmdetection's retinanet configs do.
+BatchNorm using its running statistics (`norm_eval`), as mmdetection's retinanet configs do. Paddle's way
+to say so is BatchNorm2D(use_global_stats=True) (torch's twin switches those BatchNorms to eval mode).
 """
 import paddle
 from paddle import nn
@@ -10,15 +11,15 @@ from paddle import nn
 class Bottleneck(nn.Layer):
     expansion = 4
 
-    def __init__(self, inplanes, planes, stride=1, downsample=None):
+    def __init__(self, inplanes, planes, stride=1, downsample=None, global_stats=None):
         super().__init__()
         width = planes
         self.conv1 = nn.Conv2D(inplanes, width, 1, bias_attr=False)
-        self.bn1 = nn.BatchNorm2D(width)
+        self.bn1 = nn.BatchNorm2D(width, use_global_stats=global_stats)
         self.conv2 = nn.Conv2D(width, width, 3, stride=stride, padding=1, bias_attr=False)
-        self.bn2 = nn.BatchNorm2D(width)
+        self.bn2 = nn.BatchNorm2D(width, use_global_stats=global_stats)
         self.conv3 = nn.Conv2D(width, planes * self.expansion, 1, bias_attr=False)
-        self.bn3 = nn.BatchNorm2D(planes * self.expansion)
+        self.bn3 = nn.BatchNorm2D(planes * self.expansion, use_global_stats=global_stats)
         self.relu = nn.ReLU()
         self.downsample = downsample
 
@@ -45,29 +46,31 @@ class ResNet(nn.Layer):
         self.out_indices = tuple(out_indices)
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
+        # use_global_stats=None follows train()/eval(); True always uses the running statistics
+        frozen = [True if (norm_eval or i <= frozen_stages) else None for i in range(5)]
         self.conv1 = nn.Conv2D(3, 64, 7, stride=2, padding=3, bias_attr=False)
-        self.bn1 = nn.BatchNorm2D(64)
+        self.bn1 = nn.BatchNorm2D(64, use_global_stats=True if frozen_stages >= 0 or norm_eval else None)
         self.relu = nn.ReLU()
         self.maxpool = nn.MaxPool2D(3, stride=2, padding=1)
-        self.layer1 = self._make_layer(64, layers[0])
-        self.layer2 = self._make_layer(128, layers[1], stride=2)
-        self.layer3 = self._make_layer(256, layers[2], stride=2)
-        self.layer4 = self._make_layer(512, layers[3], stride=2)
+        self.layer1 = self._make_layer(64, layers[0], global_stats=frozen[1])
+        self.layer2 = self._make_layer(128, layers[1], stride=2, global_stats=frozen[2])
+        self.layer3 = self._make_layer(256, layers[2], stride=2, global_stats=frozen[3])
+        self.layer4 = self._make_layer(512, layers[3], stride=2, global_stats=frozen[4])
         if num_classes is not None:
             self.avgpool = nn.AdaptiveAvgPool2D((1, 1))
             self.fc = nn.Linear(512 * Bottleneck.expansion, num_classes)
         self._freeze_stages()
 
-    def _make_layer(self, planes, blocks, stride=1):
+    def _make_layer(self, planes, blocks, stride=1, global_stats=None):
         downsample = None
         if stride != 1 or self.inplanes != planes * Bottleneck.expansion:
             downsample = nn.Sequential(
                 nn.Conv2D(self.inplanes, planes * Bottleneck.expansion, 1, stride=stride, bias_attr=False),
-                nn.BatchNorm2D(planes * Bottleneck.expansion),
+                nn.BatchNorm2D(planes * Bottleneck.expansion, use_global_stats=global_stats),
             )
-        layers = [Bottleneck(self.inplanes, planes, stride, downsample)]
+        layers = [Bottleneck(self.inplanes, planes, stride, downsample, global_stats)]
         self.inplanes = planes * Bottleneck.expansion
-        layers += [Bottleneck(self.inplanes, planes) for _ in range(1, blocks)]
+        layers += [Bottleneck(self.inplanes, planes, global_stats=global_stats) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
     def _frozen_layers(self):
@@ -80,16 +83,6 @@ class ResNet(nn.Layer):
         for layer in self._frozen_layers():
             for p in layer.parameters():
                 p.stop_gradient = True
-
-    def train(self):
-        super().train()
-        for layer in self._frozen_layers():
-            layer.eval()
-        if self.norm_eval:
-            for m in self.sublayers():
-                if isinstance(m, nn.BatchNorm2D):
-                    m.eval()
-        return self
 
     def forward(self, x):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
