@@ -17,11 +17,16 @@ term keeps tensors that both frameworks compute exactly (noise 0) from demanding
 NOISE_MULTIPLE = 4 leaves room for two independent rounding sequences (typically ~sqrt(2) of one) and for
 the max over many elements.
 """
+import json
+from pathlib import Path
+
 import numpy as np
 
-FP64_MAX_REL = 1e-9
-NOISE_MULTIPLE = 4.0
-ULP_FLOOR = float(np.finfo(np.float32).eps)
+THRESHOLDS = json.loads((Path(__file__).with_name("thresholds.json")).read_text())
+FP64_MAX_REL = THRESHOLDS["float64_max_rel"]
+FP64_TRAIN_MAX_REL = THRESHOLDS["float64_train_max_rel"]
+NOISE_MULTIPLE = THRESHOLDS["float32_noise_multiple"]
+ULP_FLOOR = THRESHOLDS["float32_ulp_floor"]           # float32 machine epsilon
 
 
 def _as_array(x):

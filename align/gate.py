@@ -1,0 +1,115 @@
+"""The CI gate: regenerate every alignment report, then check each one against align/thresholds.json.
+
+    python align/gate.py --regenerate [--out reports]   # what CI runs
+    python align/gate.py [--out reports]                # only check reports already there
+
+A report passes the gate when its summary says passed AND its numbers satisfy the thresholds file
+(float64 keys: max_rel; float32 keys: max_abs within the noise multiple of the recorded floor): the gate does
+not take a tool's word for it. Reports older than this run's start (with --regenerate) or missing fail.
+Exit status 0 iff every report passed.
+"""
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from align.compare import THRESHOLDS  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DTYPES = ("float64", "float32")
+
+
+def regeneration_commands(out):
+    """(report folder relative to out, argv) for every check CI regenerates."""
+    py = sys.executable
+    cmds = []
+    for dtype in DTYPES:
+        base = Path(out) / dtype
+        for model in ("resnet50", "retina_r50", "retina_r50_tv"):
+            cmds.append((f"{dtype}/{model}/forward",
+                         [py, "align/forward_diff.py", "--model", model, "--dtype", dtype, "--out", str(base)]))
+        cmds.append((f"{dtype}/losses", [py, "align/loss_diff.py", "--loss", "all", "--dtype", dtype,
+                                         "--out", str(base)]))
+        cmds.append((f"{dtype}/data", [py, "align/data_diff.py", "--dtype", dtype, "--out", str(base)]))
+    return [(folder, argv) for folder, argv in cmds if (ROOT / argv[1]).exists()]
+
+
+def check_keys(summary):
+    """Re-check a summary's numbers against the thresholds; returns a list of offending keys."""
+    bad = []
+    train = summary.get("check", "").startswith("train")
+    fp64_limit = THRESHOLDS["float64_train_max_rel"] if train else THRESHOLDS["float64_max_rel"]
+    for name, st in summary.get("keys", {}).items():
+        if not st.get("passed", False):
+            bad.append(name)
+        elif summary.get("dtype") == "float64" and st.get("max_rel", 0.0) > fp64_limit:
+            bad.append(name)
+        elif summary.get("dtype") == "float32" and "noise_floor" in st:
+            if st["max_abs"] > THRESHOLDS["float32_noise_multiple"] * st["noise_floor"]:
+                bad.append(name)
+    return bad
+
+
+def gate(out, since=None, expected=()):
+    rows, ok = [], True
+    summaries = sorted(Path(out).rglob("summary.json"))
+    found = {str(p.parent.relative_to(out)) for p in summaries}
+    for folder in expected:
+        if not any(f == folder or f.startswith(folder + "/") for f in found):
+            rows.append((folder, "MISSING", "no summary.json was generated"))
+            ok = False
+    for path in summaries:
+        rel = str(path.parent.relative_to(out))
+        try:
+            summary = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            rows.append((rel, "FAIL", f"unreadable summary: {e}"))
+            ok = False
+            continue
+        if "keys" not in summary:           # an aggregate (e.g. losses/summary.json): its parts are checked
+            continue
+        if since is not None and path.stat().st_mtime < since:
+            rows.append((rel, "STALE", "not regenerated in this run"))
+            ok = False
+            continue
+        bad = check_keys(summary)
+        passed = summary.get("passed") is True and not bad and summary.get("keys")
+        ok &= bool(passed)
+        detail = f"{len(summary['keys'])} keys" if passed else \
+            f"first divergence {summary.get('first_divergence')}; out of threshold: {bad[:5]}"
+        rows.append((rel, "ok" if passed else "FAIL", detail))
+    width = max([len(r[0]) for r in rows] + [10])
+    for rel, status, detail in rows:
+        print(f"gate: {rel:<{width}}  {status:<7} {detail}")
+    print(f"gate: {'PASSED' if ok and rows else 'FAILED'} ({len(rows)} reports)")
+    return ok and bool(rows)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="reports")
+    p.add_argument("--regenerate", action="store_true", help="run every alignment check first (CI)")
+    args = p.parse_args(argv)
+    since, expected = None, ()
+    if args.regenerate:
+        since = time.time()
+        cmds = regeneration_commands(args.out)
+        expected = [folder for folder, _ in cmds]
+        for folder, cmd in cmds:
+            start = time.perf_counter()
+            res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+            tail = (res.stdout.strip().splitlines() or [""])[-1]
+            print(f"gate: ran {' '.join(cmd[1:])} -> exit {res.returncode} in {time.perf_counter() - start:.0f}s"
+                  f"  {tail}", flush=True)
+            if res.returncode not in (0, 1):       # 1 = check failed (the gate reports it); else a crash
+                print(res.stderr[-3000:], file=sys.stderr)
+    return 0 if gate(args.out, since, expected) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
