@@ -1,0 +1,131 @@
+"""Do the torch and Paddle data pipelines hand the models the same batches?
+
+    python align/data_diff.py [--data DIR] [--batches N] [--batch-size B] [--dtype float32|float64]
+                              [--seed S] [--out DIR] [--short-side S] [--max-size L]
+
+Iterates both frameworks' COCO loaders (same seed: same order and flips) over the first N batches and
+compares every batch: padded images, boxes, labels and the metadata (image ids, sizes, scale factors,
+flips). --data takes a COCO-format set root, an official image folder (coco/val2017, next to
+coco/annotations/) or an instances json; without it the synthetic set under data/synthetic_coco is used
+(generated when absent). float32 runs also run both float64 pipelines, whose float32-vs-float64 error is
+the noise floor (align/compare.py).
+Writes DIR/data/{torch.npy, paddle.npy, diff.txt, summary.json}; exit status 0 iff the check passed
+(2 for bad arguments or an unreadable dataset).
+"""
+import argparse
+import itertools
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from align.compare import compare_runs  # noqa: E402
+from align.report import write_report  # noqa: E402
+from align.synthetic_coco import ensure_synthetic_coco  # noqa: E402
+
+DEFAULT_DATA = Path(__file__).resolve().parents[1] / "data" / "synthetic_coco"
+
+
+def batch_arrays(batch, to_numpy):
+    """One collated batch as flat numpy arrays (boxes and labels of all images concatenated, with
+    num_boxes to tell them apart)."""
+    metas = batch["metas"]
+    boxes = [to_numpy(b).reshape(-1, 4) for b in batch["boxes"]]
+    return {
+        "images": to_numpy(batch["images"]),
+        "boxes": np.concatenate(boxes, axis=0),
+        "labels": np.concatenate([to_numpy(lb).reshape(-1) for lb in batch["labels"]]).astype(np.int64),
+        "num_boxes": np.asarray([len(b) for b in boxes], np.int64),
+        "image_ids": np.asarray([m["image_id"] for m in metas], np.int64),
+        "orig_sizes": np.asarray([m["orig_size"] for m in metas], np.int64),
+        "img_sizes": np.asarray([m["img_size"] for m in metas], np.int64),
+        "scale_factors": np.asarray([m["scale_factor"] for m in metas], np.float64),
+        "flips": np.asarray([m["flip"] for m in metas], np.int64),
+    }
+
+
+def collect(loader, batches, to_numpy):
+    """{'batchK.key': array} for the first `batches` batches, in execution order."""
+    log = {}
+    for k, batch in enumerate(itertools.islice(loader, batches)):
+        for key, value in batch_arrays(batch, to_numpy).items():
+            log[f"batch{k}.{key}"] = value
+    return log
+
+
+def _pipelines(data, batch_size, seed, dtype, short_side, max_size):
+    import paddle_impl.data as pd
+    import torch_ref.data as td
+    kwargs = dict(batch_size=batch_size, seed=seed, dtype=dtype, short_side=short_side, max_size=max_size)
+    return (td.build_loader(td.CocoDetection(data), **kwargs),
+            pd.build_loader(pd.CocoDetection(data), **kwargs))
+
+
+def run_data_diff(data=None, batches=2, batch_size=2, dtype="float64", seed=0, out="reports",
+                  short_side=800, max_size=1333):
+    """Compare the first `batches` batches of both loaders; writes OUT/data/ and returns the summary."""
+    if not isinstance(batches, int) or batches < 1:
+        raise ValueError(f"batches must be a positive int, got {batches!r}")
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    if data is None:
+        ensure_synthetic_coco(DEFAULT_DATA)
+        data = DEFAULT_DATA
+    to_torch_np = lambda t: t.detach().cpu().numpy()  # noqa: E731
+    to_paddle_np = lambda t: t.numpy()  # noqa: E731
+    t_loader, p_loader = _pipelines(data, batch_size, seed, dtype, short_side, max_size)
+    torch_log, paddle_log = collect(t_loader, batches, to_torch_np), collect(p_loader, batches, to_paddle_np)
+    torch64 = paddle64 = None
+    if dtype == "float32":  # each framework's own float64 pipeline gives its rounding noise
+        t64, p64 = _pipelines(data, batch_size, seed, "float64", short_side, max_size)
+        torch64, paddle64 = collect(t64, batches, to_torch_np), collect(p64, batches, to_paddle_np)
+    results = compare_runs(dtype, torch_log, paddle_log, torch64, paddle64)
+    only = sorted(set(torch_log) ^ set(paddle_log))
+    common = [k for k in torch_log if k in paddle_log]
+    extra = {
+        "data": str(data), "seed": seed, "batch_size": batch_size, "short_side": short_side,
+        "max_size": max_size, "batches": len({k.split(".")[0] for k in common}),
+        "unmatched": {"torch_only": [k for k in only if k in torch_log],
+                      "paddle_only": [k for k in only if k in paddle_log]},
+    }
+    return write_report(str(Path(out) / "data"), "data", dtype,
+                        {k: torch_log[k] for k in common}, {k: paddle_log[k] for k in common},
+                        results, order=common, extra=extra)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", help="COCO-format set, image folder or json (default: data/synthetic_coco)")
+    p.add_argument("--batches", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--dtype", default="float64", choices=["float32", "float64"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="reports", help="report root (default: reports)")
+    p.add_argument("--short-side", type=int, default=800)
+    p.add_argument("--max-size", type=int, default=1333)
+    args = p.parse_args(argv)
+    if args.batches < 1 or args.batch_size < 1 or args.short_side < 1 or args.max_size < 1:
+        p.error("--batches, --batch-size, --short-side and --max-size must be positive")
+    from align.runtime import configure_frameworks
+    configure_frameworks()
+    start = time.perf_counter()
+    try:
+        summary = run_data_diff(args.data, args.batches, args.batch_size, args.dtype, args.seed, args.out,
+                                args.short_side, args.max_size)
+    except (ValueError, OSError) as e:
+        print(f"data_diff: error: {e}", file=sys.stderr)
+        return 2
+    worst = max(summary["keys"].items(), key=lambda kv: kv[1]["max_rel"])
+    print(f"data_diff {args.dtype}: {'PASSED' if summary['passed'] else 'FAILED'} ({summary['batches']} batches, "
+          f"{summary['num_keys']} arrays, worst max_rel {worst[1]['max_rel']:.3e} at {worst[0]}, "
+          f"first divergence: {summary['first_divergence']}, {time.perf_counter() - start:.1f}s)")
+    print(f"report: {Path(args.out) / 'data'}")
+    return 0 if summary["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

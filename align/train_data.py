@@ -1,0 +1,41 @@
+"""Identical training batches for both frameworks from the mirrored COCO readers.
+
+The default data is the bundled synthetic COCO-format set (generated under data/synthetic_coco on first use);
+any COCO-format directory (images/ + annotations/instances.json) works. Small images keep CPU runs short.
+"""
+from pathlib import Path
+
+from align.synthetic_coco import ensure_synthetic_coco
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT / "data" / "synthetic_coco"
+TRAIN_SIZE = dict(short_side=128, max_size=160)
+
+
+def dataset_pair(data=None):
+    from paddle_impl.data.coco import CocoDetection as PCoco
+    from torch_ref.data.coco import CocoDetection as TCoco
+    if data is None:
+        ensure_synthetic_coco(DEFAULT_DATA)
+    root = Path(data or DEFAULT_DATA)
+    return TCoco(root=str(root)), PCoco(root=str(root))
+
+
+def loader_pair(data=None, dtype="float64", seed=0, batch_size=2, shuffle=True, flip_prob=0.5):
+    from paddle_impl.data.coco import build_loader as p_build
+    from torch_ref.data.coco import build_loader as t_build
+    t_ds, p_ds = dataset_pair(data)
+    kw = dict(batch_size=batch_size, seed=seed, dtype=dtype, shuffle=shuffle, flip_prob=flip_prob, **TRAIN_SIZE)
+    return t_build(t_ds, **kw), p_build(p_ds, **kw), len(t_ds.cat_ids)
+
+
+def first_batches(data, n, dtype, seed, batch_size=2):
+    """[(torch batch, paddle batch)] * n (cycling through epochs), and the number of classes."""
+    t_loader, p_loader, num_classes = loader_pair(data, dtype, seed, batch_size)
+    out = []
+    while len(out) < n:
+        for tb, pb in zip(t_loader, p_loader):
+            out.append((tb, pb))
+            if len(out) == n:
+                break
+    return out, num_classes

@@ -1,0 +1,163 @@
+"""Training-side alignment: the RetinaNet training variants, identical batches, one optimisation step.
+
+Both frameworks get the same seeded weights (torch init, converted), the same batches (mirrored COCO readers
+driven by one seed) and the same optimiser recipe:
+- SGD, momentum 0.9, weight decay 1e-4 except biases and normalisation parameters (the usual no-decay set);
+- learning rate: linear warm-up from warmup_ratio * base_lr, then step decay by 0.1 at the given steps
+  (computed here once, in Python, and set on both optimisers);
+- gradient clipping by global norm with torch's formula, coef = min(1, max_norm / (norm + 1e-6)), applied
+  on both sides. Paddle's ClipGradByGlobalNorm uses max_norm / max(norm, max_norm), which differs by
+  ~1e-6 / norm whenever clipping is active; using one formula keeps float64 runs within 1e-8.
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from align.seeded_init import seeded_init_torch
+from weights_convert.rules import torch_key_to_paddle
+from weights_convert.transfer import copy_torch_to_paddle
+
+TRAIN_MODELS = {
+    "retina_r50": dict(loss_type="focal", model={}),
+    "retina_r50_ghm": dict(loss_type="ghm", model={}),
+    "retina_r50_aploss": dict(loss_type="aploss",
+                              model={"anchor_cfg": {"scales_per_octave": 2, "center_offset": 0.5}}),
+}
+
+
+@dataclass
+class Recipe:
+    base_lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_steps: int = 3
+    warmup_ratio: float = 0.1
+    decay_steps: tuple = (7,)
+    clip_norm: float = 35.0
+    extra: dict = field(default_factory=dict)
+
+    def lr(self, step):
+        """Learning rate at 0-based step: linear warm-up, then x0.1 at each decay step."""
+        if step < self.warmup_steps:
+            k = step / self.warmup_steps
+            return self.base_lr * (self.warmup_ratio + (1 - self.warmup_ratio) * k)
+        return self.base_lr * 0.1 ** sum(step >= s for s in self.decay_steps)
+
+
+def no_decay(name):
+    return name.endswith(".bias") or ".bn" in name or "downsample.1" in name or name.startswith("bn")
+
+
+def build_training_pair(name, num_classes, seed=0, dtype="float64"):
+    """(torch model, torch loss, paddle model, paddle loss) with identical weights, in dtype."""
+    import paddle
+    import torch
+    from paddle_impl.models.retina_loss import RetinaLoss as PLoss
+    from paddle_impl.models.retinanet import RetinaNet as PRetina
+    from torch_ref.models.retina_loss import RetinaLoss as TLoss
+    from torch_ref.models.retinanet import RetinaNet as TRetina
+    if name not in TRAIN_MODELS:
+        raise ValueError(f"unknown training model {name!r}; available: {', '.join(TRAIN_MODELS)}")
+    cfg = TRAIN_MODELS[name]
+    t_model = TRetina(num_classes=num_classes, **cfg["model"])
+    p_model = PRetina(num_classes=num_classes, **cfg["model"])
+    seeded_init_torch(t_model, seed)
+    copy_torch_to_paddle(t_model, p_model)
+    t_model.to(getattr(torch, dtype))
+    p_model.to(dtype=dtype)
+    t_loss = TLoss(num_classes, t_model.box_coder, cfg["loss_type"])
+    p_loss = PLoss(num_classes, p_model.box_coder, cfg["loss_type"])
+    t_loss.to(getattr(torch, dtype))
+    p_loss.to(dtype=dtype)
+    assert isinstance(p_model, paddle.nn.Layer)
+    return t_model, t_loss, p_model, p_loss
+
+
+def loss_state(loss_module, to_numpy):
+    """GHM momentum state (acc_sum buffers) by name, part of what training compares."""
+    return {f"{k}": to_numpy(v) for k, v in loss_module.state_dict().items()}
+
+
+def torch_step_losses(model, loss, batch):
+    cls, reg = model(batch["images"])
+    anchors = model.anchors(batch["images"], cls)
+    terms = loss(cls, reg, anchors, batch["boxes"], batch["labels"])
+    return terms
+
+
+def paddle_step_losses(model, loss, batch):
+    cls, reg = model(batch["images"])
+    anchors = model.anchors(batch["images"], cls)
+    return loss(cls, reg, anchors, batch["boxes"], batch["labels"])
+
+
+def torch_grads(model):
+    return {torch_key_to_paddle(n): p.grad.detach().numpy().copy() for n, p in model.named_parameters()
+            if p.requires_grad and p.grad is not None}
+
+
+def paddle_grads(model):
+    return {n: p.grad.numpy().copy() for n, p in model.named_parameters()
+            if not p.stop_gradient and p.grad is not None}
+
+
+class TorchTrainer:
+    def __init__(self, model, loss, recipe):
+        import torch
+        self.torch, self.model, self.loss, self.recipe = torch, model, loss, recipe
+        params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        groups = [{"params": [p for n, p in params if not no_decay(n)], "weight_decay": recipe.weight_decay},
+                  {"params": [p for n, p in params if no_decay(n)], "weight_decay": 0.0}]
+        self.params = [p for _, p in params]
+        self.opt = torch.optim.SGD(groups, lr=recipe.lr(0), momentum=recipe.momentum)
+
+    def step(self, step, batch):
+        torch = self.torch
+        for g in self.opt.param_groups:
+            g["lr"] = self.recipe.lr(step)
+        self.model.train()
+        self.opt.zero_grad()
+        terms = torch_step_losses(self.model, self.loss, batch)
+        total = sum(terms.values())
+        total.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.recipe.clip_norm)
+        self.opt.step()
+        return {"loss": total.item(), **{k: v.item() for k, v in terms.items()},
+                "lr": self.recipe.lr(step), "grad_norm": norm.item()}
+
+
+class PaddleTrainer:
+    def __init__(self, model, loss, recipe):
+        import paddle
+        self.paddle, self.model, self.loss, self.recipe = paddle, model, loss, recipe
+        params = [(n, p) for n, p in model.named_parameters() if not p.stop_gradient]
+        groups = [{"params": [p for n, p in params if not no_decay(n)], "weight_decay": recipe.weight_decay},
+                  {"params": [p for n, p in params if no_decay(n)], "weight_decay": 0.0}]
+        self.params = [p for _, p in params]
+        self.opt = paddle.optimizer.Momentum(learning_rate=recipe.lr(0), momentum=recipe.momentum,
+                                             parameters=groups, use_nesterov=False)
+
+    def step(self, step, batch):
+        paddle = self.paddle
+        self.opt.set_lr(self.recipe.lr(step))
+        self.model.train()
+        self.opt.clear_grad()
+        terms = paddle_step_losses(self.model, self.loss, batch)
+        total = sum(terms.values())
+        total.backward()
+        # torch's clip formula (see module docstring), on the Paddle side too
+        norm = paddle.sqrt(paddle.add_n([(p.grad * p.grad).sum() for p in self.params if p.grad is not None]))
+        coef = paddle.clip(self.recipe.clip_norm / (norm + 1e-6), max=1.0)
+        for p in self.params:
+            if p.grad is not None:
+                p.grad.set_value(p.grad * coef)
+        self.opt.step()
+        return {"loss": float(total), **{k: float(v) for k, v in terms.items()},
+                "lr": self.recipe.lr(step), "grad_norm": float(norm)}
+
+
+def param_stats(named_arrays):
+    """Global parameter statistics logged every step."""
+    flat = np.concatenate([a.ravel() for a in named_arrays.values()]).astype(np.float64)
+    return {"param_norm": float(np.sqrt((flat * flat).sum())), "param_mean": float(flat.mean()),
+            "param_absmax": float(np.abs(flat).max())}

@@ -1,0 +1,3 @@
+from paddle_impl.assigners.max_iou import AssignResult, MaxIoUAssigner, box_iou
+
+__all__ = ["AssignResult", "MaxIoUAssigner", "box_iou"]

@@ -1,0 +1,6 @@
+from paddle_impl.data.coco import CocoDetection, DetectionLoader, build_loader
+from paddle_impl.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, Normalize, RandomHorizontalFlip, Resize,
+                                         ToTensor, collate)
+
+__all__ = ["CocoDetection", "DetectionLoader", "build_loader", "IMAGENET_MEAN", "IMAGENET_STD", "Normalize",
+           "RandomHorizontalFlip", "Resize", "ToTensor", "collate"]

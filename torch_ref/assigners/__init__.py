@@ -1,0 +1,3 @@
+from torch_ref.assigners.max_iou import AssignResult, MaxIoUAssigner, box_iou
+
+__all__ = ["AssignResult", "MaxIoUAssigner", "box_iou"]
