@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from align.seeded_init import seeded_init_torch
+from align.seeded_init import seeded_init_torch, seeded_retina_head_init_torch
 from weights_convert.rules import torch_key_to_paddle
 from weights_convert.transfer import copy_torch_to_paddle
 
@@ -62,6 +62,7 @@ def build_training_pair(name, num_classes, seed=0, dtype="float64"):
     t_model = TRetina(num_classes=num_classes, **cfg["model"])
     p_model = PRetina(num_classes=num_classes, **cfg["model"])
     seeded_init_torch(t_model, seed)
+    seeded_retina_head_init_torch(t_model, seed)
     copy_torch_to_paddle(t_model, p_model)
     t_model.to(getattr(torch, dtype))
     p_model.to(dtype=dtype)

@@ -1,0 +1,174 @@
+"""Train both frameworks side by side on identical batches and compare every step.
+
+    python align/train_diff.py --model retina_r50_ghm [--steps 10] [--dtype float32|float64] [--data DIR]
+                               [--out DIR] [--seed N] [--resume]
+
+Per step it logs the total loss and each term, the learning rate, the gradient norm and global parameter
+statistics, plus the loss modules' state (GHM acc_sum). Recipe: align/training.py. float64: every logged
+value within max_rel 1e-8 at every step; float32: the same values are also run in float64 on both sides and
+the report shows, step by step, the cross-framework difference next to each framework's float32 noise.
+BatchNorm runs with frozen statistics (norm_eval, as RetinaNet trains), so Paddle's biased vs torch's
+unbiased running-variance update does not arise; the report says so.
+Writes DIR/<model>/train/{torch.npy, paddle.npy, diff.txt, summary.json, curves.png, checkpoint.pkl};
+--resume continues from the last completed step in checkpoint.pkl. Exit 0 iff passed.
+"""
+import argparse
+import pickle
+import sys
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from align.atomic import atomic_path  # noqa: E402
+from align.compare import FP64_TRAIN_MAX_REL, compare_runs, check_float64  # noqa: E402
+from align.report import write_report  # noqa: E402
+from align.runtime import configure_frameworks  # noqa: E402
+from align.train_data import first_batches  # noqa: E402
+from align.training import (TRAIN_MODELS, PaddleTrainer, Recipe, TorchTrainer, build_training_pair,  # noqa: E402
+                            loss_state, param_stats)
+
+BN_NOTE = ("BatchNorm uses frozen running statistics (norm_eval=True, RetinaNet's setting): Paddle's biased "
+           "and torch's unbiased running-variance updates never run, so they cannot cause a difference.")
+
+
+class Side:
+    """One framework's model, loss, trainer and the per-step values it logged."""
+
+    def __init__(self, fw, model, loss, recipe):
+        self.fw, self.model, self.loss = fw, model, loss
+        self.trainer = (TorchTrainer if fw == "torch" else PaddleTrainer)(model, loss, recipe)
+        self.seconds = 0.0
+
+    def numpy_params(self):
+        """Trainable parameters (Paddle also lists BatchNorm statistics among its parameters)."""
+        if self.fw == "torch":
+            return {n: p.detach().numpy() for n, p in self.model.named_parameters() if p.requires_grad}
+        return {n: p.numpy() for n, p in self.model.named_parameters() if not p.stop_gradient}
+
+    def step(self, i, batch):
+        start = time.perf_counter()
+        values = self.trainer.step(i, batch)
+        self.seconds += time.perf_counter() - start
+        values.update(param_stats(self.numpy_params()))
+        to_np = (lambda t: t.detach().numpy()) if self.fw == "torch" else (lambda t: t.numpy())
+        values.update({f"state.{k}": v for k, v in loss_state(self.loss, to_np).items()})
+        return values
+
+
+def _state(side):
+    return {"model": side.model.state_dict(), "loss": side.loss.state_dict(),
+            "opt": side.trainer.opt.state_dict(), "seconds": side.seconds}
+
+
+def train(name, steps, dtype, data, seed, ckpt=None, resume=False, progress=True):
+    """Run `steps` steps on both sides; returns ({key: array} torch, paddle, seconds per side)."""
+    batches, num_classes = first_batches(data, steps, dtype, seed)
+    t_model, t_loss, p_model, p_loss = build_training_pair(name, num_classes, seed, dtype)
+    recipe = Recipe()
+    sides = [Side("torch", t_model, t_loss, recipe), Side("paddle", p_model, p_loss, recipe)]
+    logs = [OrderedDict(), OrderedDict()]
+    start_step = 0
+    if resume and ckpt and Path(ckpt).is_file():
+        with open(ckpt, "rb") as f:
+            saved = pickle.load(f)          # our own file, written below: not untrusted input
+        start_step, logs = saved["step"], saved["logs"]
+        for side, st in zip(sides, saved["sides"]):
+            _load_state(side, st)
+    for i in range(start_step, steps):
+        for side, log, batch in zip(sides, logs, batches[i]):
+            for k, v in side.step(i, batch).items():
+                log[f"step{i:03d}.{k}"] = np.asarray(v, dtype=np.float64).reshape(-1)
+        if ckpt:
+            with atomic_path(ckpt) as tmp, open(tmp, "wb") as f:
+                pickle.dump({"step": i + 1, "logs": logs, "sides": [_state(s) for s in sides]}, f)
+        if progress:
+            t, p = (log[f"step{i:03d}.loss"][0] for log in logs)
+            print(f"train_diff {name} {dtype}: step {i + 1}/{steps} loss torch {t:.10g} paddle {p:.10g}",
+                  flush=True)
+    return logs[0], logs[1], {s.fw: s.seconds / max(steps - start_step, 1) for s in sides}
+
+
+def _load_state(side, st):
+    import torch
+    if side.fw == "torch":
+        side.model.load_state_dict(st["model"])
+        side.loss.load_state_dict(st["loss"])
+        side.trainer.opt.load_state_dict(st["opt"])
+    else:
+        side.model.set_state_dict(st["model"])
+        side.loss.set_state_dict(st["loss"])
+        side.trainer.opt.set_state_dict(st["opt"])
+    side.seconds = st["seconds"]
+    assert torch is not None
+
+
+def plot_curves(path, t_log, p_log, steps, title):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    x = np.arange(1, steps + 1)
+    series = lambda log, k: np.array([log[f"step{i:03d}.{k}"][0] for i in range(steps)])  # noqa: E731
+    keys = [k.split(".", 1)[1] for k in t_log if k.startswith("step000.loss")]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for k in keys:
+        axes[0].plot(x, series(t_log, k), "-o", label=f"torch {k}")
+        axes[0].plot(x, series(p_log, k), "--x", label=f"paddle {k}")
+        diff = np.abs(series(t_log, k) - series(p_log, k))
+        axes[1].semilogy(x, np.maximum(diff, 1e-18), "-o", label=k)
+    axes[0].set(title=f"{title}: losses", xlabel="step")
+    axes[1].set(title="|torch - paddle| (log scale)", xlabel="step")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp)
+    plt.close(fig)
+
+
+def run(name, steps=10, dtype="float64", data=None, out="reports", seed=0, resume=False):
+    out_dir = Path(out) / name / "train"
+    t, p, sec = train(name, steps, dtype, data, seed, out_dir / f"checkpoint_{dtype}.pkl", resume)
+    if dtype == "float64":
+        results = OrderedDict((k, check_float64(t[k], p[k], FP64_TRAIN_MAX_REL)) for k in t if k in p)
+    else:
+        t64, p64, _ = train(name, steps, "float64", data, seed, out_dir / "checkpoint_float64.pkl", resume)
+        results = compare_runs(dtype, t, p, t64, p64)
+    plot_curves(out_dir / "curves.png", t, p, steps, f"{name} ({dtype})")
+    growth = [max(v["max_rel"] for k, v in results.items() if k.startswith(f"step{i:03d}.")) for i in range(steps)]
+    summary = write_report(str(out_dir), f"train:{name}", dtype, {k: t[k] for k in results},
+                           {k: p[k] for k in results}, results, order=list(results),
+                           extra={"model": name, "steps": steps, "seed": seed, "recipe": vars(Recipe()),
+                                  "worst_max_rel_per_step": growth,
+                                  "seconds_per_step": sec, "paddle_over_torch_time": sec["paddle"] / sec["torch"],
+                                  "notes": BN_NOTE, "plot": "curves.png"})
+    return summary
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, choices=sorted(TRAIN_MODELS))
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--dtype", default="float64", choices=["float32", "float64"])
+    ap.add_argument("--data", help="COCO-format directory (default: the bundled synthetic set)")
+    ap.add_argument("--out", default="reports")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--resume", action="store_true", help="continue from the last completed step")
+    args = ap.parse_args(argv)
+    if args.steps < 1:
+        ap.error("--steps must be >= 1")
+    configure_frameworks()
+    summary = run(args.model, args.steps, args.dtype, args.data, args.out, args.seed, args.resume)
+    sec = summary["seconds_per_step"]
+    print(f"train_diff {args.model} {args.dtype}: {'PASSED' if summary['passed'] else 'FAILED'} "
+          f"({args.steps} steps, first divergence: {summary['first_divergence']}, "
+          f"s/step torch {sec['torch']:.2f} paddle {sec['paddle']:.2f})")
+    return 0 if summary["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
