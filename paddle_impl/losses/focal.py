@@ -1,0 +1,40 @@
+"""Sigmoid focal loss (RetinaNet): torchvision.ops.sigmoid_focal_loss plus an optional element weight."""
+import paddle.nn.functional as F
+from paddle import nn
+
+from . import checks
+from .bce import bce_with_logits
+from .reduction import reduce_loss
+
+
+def sigmoid_focal_loss(pred, target, weight=None, alpha=0.25, gamma=2.0, reduction="sum"):
+    """pred: logits (N, C); target: float one-hot (or soft) targets in [0, 1]; weight broadcasts to (N, C).
+
+    alpha < 0 disables the class balance factor (torchvision convention). The target is a label and is
+    detached (Paddle's BCE kernel has no gradient for it either); the modulating factor is not detached.
+    """
+    checks.check_reduction(reduction)
+    checks.check_float("pred", pred)
+    checks.check_like("target", target, "pred", pred)
+    checks.check_range("target", target, 0.0, 1.0)
+    checks.check_weight("weight", weight, "pred", pred.shape, pred)
+    target = target.detach()
+    p = F.sigmoid(pred)
+    ce = bce_with_logits(pred, target)
+    p_t = p * target + (1 - p) * (1 - target)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = (alpha * target + (1 - alpha) * (1 - target)) * loss
+    if weight is not None:
+        loss = loss * weight
+    return reduce_loss(loss, reduction)
+
+
+class FocalLoss(nn.Layer):
+    def __init__(self, alpha=0.25, gamma=2.0, reduction="sum", loss_weight=1.0):
+        super().__init__()
+        checks.check_reduction(reduction)
+        self.alpha, self.gamma, self.reduction, self.loss_weight = alpha, gamma, reduction, loss_weight
+
+    def forward(self, pred, target, weight=None):
+        return self.loss_weight * sigmoid_focal_loss(pred, target, weight, self.alpha, self.gamma, self.reduction)

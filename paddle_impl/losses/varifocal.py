@@ -1,0 +1,44 @@
+"""Varifocal loss on probabilities, as PP-YOLOE (PaddleDetection `_varifocal_loss`) computes it.
+
+weight = alpha p^gamma (1 - label) + q label; loss = sum(weight * BCE(p, q)). As in PaddleDetection (whose
+Paddle BCE passes gradient into its `weight`), the weight is NOT detached: gradient flows through p^gamma.
+q (gt_score) and label are targets and are detached.
+
+BCE on probabilities is written out (bce.py): logs floored at -100 as both frameworks' kernels do, with the
+derivative of that function as gradient.
+"""
+import paddle
+from paddle import nn
+
+from . import checks
+from .bce import bce_on_probabilities
+
+
+def varifocal_loss(pred_score, gt_score, label, alpha=0.75, gamma=2.0):
+    """pred_score: probabilities (..., C); gt_score: IoU targets q in [0, 1]; label: one-hot (float/int)."""
+    checks.check_float("pred_score", pred_score)
+    checks.check_range("pred_score", pred_score, 0.0, 1.0)
+    checks.check_like("gt_score", gt_score, "pred_score", pred_score)
+    checks.check_range("gt_score", gt_score, 0.0, 1.0)
+    checks.check_tensor("label", label)
+    if paddle.is_floating_point(label):
+        checks.check_like("label", label, "pred_score", pred_score)
+    else:
+        checks.check_integer("label", label)
+        if checks.shape_of(label) != checks.shape_of(pred_score):
+            raise ValueError(f"label must have the shape of pred_score {checks.shape_of(pred_score)}, "
+                             f"got {checks.shape_of(label)}")
+        label = label.astype(pred_score.dtype)
+    checks.check_range("label", label, 0.0, 1.0)
+    gt_score, label = gt_score.detach(), label.detach()
+    weight = alpha * pred_score.pow(gamma) * (1 - label) + gt_score * label
+    return (bce_on_probabilities(pred_score, gt_score) * weight).sum()
+
+
+class VarifocalLoss(nn.Layer):
+    def __init__(self, alpha=0.75, gamma=2.0, loss_weight=1.0):
+        super().__init__()
+        self.alpha, self.gamma, self.loss_weight = alpha, gamma, loss_weight
+
+    def forward(self, pred_score, gt_score, label):
+        return self.loss_weight * varifocal_loss(pred_score, gt_score, label, self.alpha, self.gamma)

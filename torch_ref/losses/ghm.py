@@ -1,0 +1,165 @@
+"""GHM-C and GHM-R (Gradient Harmonized Single-stage Detector), mmdetection semantics, binned in one pass.
+
+Bins use float32 edges arange(bins + 1) / bins (last edge + 1e-6 for GHM-C, 1e3 for GHM-R) cast to the
+input dtype; element i lands in bin k iff edges[k] <= g < edges[k + 1] (bucketize, right=True). Counts come
+from one scatter_add, so there is no per-bin loop and no host sync. Bin index `bins` means "no bin"
+(ignored element): it indexes an extra slot of weight 0.
+
+State: `acc_sum` (zeros(bins)) is a registered buffer and appears in the state_dict. It is kept in the
+dtype of the predictions that last updated it (the momentum update runs in the input dtype and replaces the
+buffer), so a float64 run never rounds its state to float32. With momentum 0 it stays zero.
+"""
+import torch
+from torch import nn
+
+from . import checks
+from .bce import bce_with_logits
+
+
+def float32_edges(bins, last):
+    """mmdetection's edges: float32 arange(bins + 1) / bins, the last one replaced by `last(edges[-1])`."""
+    edges = torch.arange(bins + 1, dtype=torch.float32) / bins
+    edges[-1] = last(edges[-1])
+    return edges
+
+
+def bin_index(g, edges, valid):
+    """Bin of each element (edges[k] <= g < edges[k+1]); len(edges) - 1 for invalid or out-of-range ones."""
+    bins = edges.numel() - 1
+    idx = torch.bucketize(g, edges.to(g.dtype), right=True) - 1
+    inside = valid & (idx >= 0) & (idx < bins)
+    return torch.where(inside, idx, torch.full_like(idx, bins))
+
+
+def harmonizing_weights(idx, bins, tot, acc_sum, momentum):
+    """Per-element weights tot / num_in_bin (or tot / acc_sum with momentum), divided by the number of
+    non-empty bins, and the updated acc_sum. All inputs are detached; tot and acc_sum carry the dtype."""
+    flat = idx.reshape(-1)
+    counts = torch.zeros(bins + 1, dtype=torch.int64, device=idx.device).scatter_add_(0, flat, torch.ones_like(flat))
+    nonempty = counts[:bins] > 0
+    num = counts[:bins].to(tot.dtype)
+    zero = torch.zeros_like(num)
+    if momentum > 0:
+        acc_sum = torch.where(nonempty, momentum * acc_sum + (1 - momentum) * num, acc_sum)
+        per_bin = torch.where(nonempty, tot / torch.where(nonempty, acc_sum, torch.ones_like(num)), zero)
+    else:
+        per_bin = torch.where(nonempty, tot / torch.where(nonempty, num, torch.ones_like(num)), zero)
+    per_bin = per_bin / nonempty.sum().to(tot.dtype).clamp(min=1)
+    per_bin = torch.cat([per_bin, zero[:1]])          # the "no bin" slot
+    return per_bin[idx], acc_sum
+
+
+def _check_config(bins, momentum):
+    if not isinstance(bins, int) or bins < 1:
+        raise ValueError(f"bins must be a positive int, got {bins!r}")
+    if not 0 <= momentum < 1:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+
+
+class _GHMBase(nn.Module):
+    def __init__(self, bins, momentum, loss_weight, last_edge):
+        super().__init__()
+        _check_config(bins, momentum)
+        self.bins, self.momentum, self.loss_weight = bins, float(momentum), loss_weight
+        self.register_buffer("edges", float32_edges(bins, last_edge), persistent=False)
+        self.register_buffer("acc_sum", torch.zeros(bins))
+
+    def _weights(self, g, valid, tot):
+        idx = bin_index(g, self.edges, valid)
+        weights, acc_sum = harmonizing_weights(idx, self.bins, tot, self.acc_sum.to(tot.dtype), self.momentum)
+        if self.momentum > 0:
+            self.acc_sum = acc_sum
+        return weights
+
+
+class GHMC(_GHMBase):
+    """GHM-C(bins=10, momentum=0, use_sigmoid=True, loss_weight=1.0).
+
+    forward(pred (N, C) logits, target, label_weight): target is float (N, C) in [0, 1] or integer labels
+    (N,) (labels in [0, C) are classes, anything else background -> all-zero row); label_weight is (N, C)
+    or (N,) (broadcast over classes). tot = number of elements with label_weight > 0 (at least 1).
+    """
+
+    def __init__(self, bins=10, momentum=0.0, use_sigmoid=True, loss_weight=1.0):
+        if not use_sigmoid:
+            raise ValueError("use_sigmoid must be True (GHM-C is defined on sigmoid BCE only)")
+        super().__init__(bins, momentum, loss_weight, last_edge=lambda e: e + 1e-6)
+        self.use_sigmoid = True
+
+    def _prepare(self, pred, target, label_weight):
+        checks.check_float("pred", pred, ndim=2)
+        n, c = checks.shape_of(pred)
+        checks.check_tensor("target", target)
+        if target.is_floating_point():
+            checks.check_like("target", target, "pred", pred)
+            checks.check_range("target", target, 0.0, 1.0)
+        else:
+            checks.check_integer("target", target, ndim=1)
+            if target.shape[0] != n:
+                raise ValueError(f"target labels must have shape ({n},), got {checks.shape_of(target)}")
+            target = (target.unsqueeze(1) == torch.arange(c, device=target.device)).to(pred.dtype)
+        checks.check_like("label_weight", label_weight, "pred", pred, same_shape=False)
+        if checks.shape_of(label_weight) == (n,):
+            label_weight = label_weight.unsqueeze(1).expand(n, c)
+        elif checks.shape_of(label_weight) != (n, c):
+            raise ValueError(f"label_weight must have shape ({n}, {c}) or ({n},), got {checks.shape_of(label_weight)}")
+        checks.check_range("label_weight", label_weight, low=0.0)
+        return target.detach(), label_weight.detach()
+
+    def _bins(self, pred, target, label_weight):
+        g = (pred.detach().sigmoid() - target).abs()
+        return g, label_weight > 0
+
+    def bin_index(self, pred, target, label_weight):
+        """Bin of every (anchor, class) element as forward assigns it (`bins` = ignored)."""
+        target, label_weight = self._prepare(pred, target, label_weight)
+        g, valid = self._bins(pred, target, label_weight)
+        return bin_index(g, self.edges, valid)
+
+    def forward(self, pred, target, label_weight):
+        target, label_weight = self._prepare(pred, target, label_weight)
+        g, valid = self._bins(pred, target, label_weight)
+        tot = valid.sum().to(pred.dtype).clamp(min=1)
+        weights = self._weights(g, valid, tot)
+        loss = (bce_with_logits(pred, target) * weights).sum() / tot
+        return loss * self.loss_weight
+
+
+class GHMR(_GHMBase):
+    """GHM-R(mu=0.02, bins=10, momentum=0, loss_weight=1.0) on ASL1 = sqrt(d^2 + mu^2) - mu.
+
+    forward(pred, target, label_weight), all of one shape (N, 4); g = |d| / sqrt(d^2 + mu^2) (detached);
+    tot = sum of label_weight (at least 1). label_weight only selects elements (> 0); it gets no gradient.
+    """
+
+    def __init__(self, mu=0.02, bins=10, momentum=0.0, loss_weight=1.0):
+        checks.check_positive("mu", mu)
+        super().__init__(bins, momentum, loss_weight, last_edge=lambda e: torch.full_like(e, 1e3))
+        self.mu = mu
+
+    def _prepare(self, pred, target, label_weight):
+        checks.check_float("pred", pred)
+        checks.check_like("target", target, "pred", pred)
+        checks.check_like("label_weight", label_weight, "pred", pred)
+        checks.check_range("label_weight", label_weight, low=0.0)
+        return label_weight.detach()
+
+    def _bins(self, diff, label_weight):
+        mu = self.mu
+        g = torch.abs(diff / torch.sqrt(mu * mu + diff * diff)).detach()
+        return g, label_weight > 0
+
+    def bin_index(self, pred, target, label_weight):
+        label_weight = self._prepare(pred, target, label_weight)
+        g, valid = self._bins(pred.detach() - target.detach(), label_weight)
+        return bin_index(g, self.edges, valid)
+
+    def forward(self, pred, target, label_weight):
+        label_weight = self._prepare(pred, target, label_weight)
+        mu = self.mu
+        diff = pred - target
+        loss = torch.sqrt(diff * diff + mu * mu) - mu
+        g, valid = self._bins(diff, label_weight)
+        tot = label_weight.sum().clamp(min=1)
+        weights = self._weights(g, valid, tot)
+        return (loss * weights).sum() / tot * self.loss_weight
