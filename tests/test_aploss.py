@@ -115,7 +115,8 @@ def test_closed_form_threshold_and_ignored(fw):
 
 
 @pytest.mark.parametrize("fw", FRAMEWORKS)
-@pytest.mark.parametrize("targets", [np.zeros((3, 4), np.int64), np.full((3, 4), -1), -(np.eye(3, 4) > 0).astype(np.int64)])
+@pytest.mark.parametrize("targets", [np.zeros((3, 4), np.int64), np.full((3, 4), -1),
+                                     -(np.eye(3, 4) > 0).astype(np.int64)])
 def test_no_positive_gives_zero_loss_and_zero_grad(fw, targets):
     outputs, grads = call(fw, "float32", {"logits": np.linspace(-5, 5, 12).reshape(3, 4), "targets": targets},
                           ("logits",))
