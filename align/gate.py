@@ -62,6 +62,9 @@ def check_keys(summary):
             bad.append(name)
         elif summary.get("dtype") == "float64" and st.get("max_rel", 0.0) > fp64_limit:
             bad.append(name)
+        elif st.get("rule") == "rebinned":      # GHM: elements that moved bins must all be explained
+            if st.get("unexplained", 1) != 0:
+                bad.append(name)
         elif summary.get("dtype") == "float32" and "noise_floor" in st:
             if st["max_abs"] > THRESHOLDS["float32_noise_multiple"] * st["noise_floor"]:
                 bad.append(name)
