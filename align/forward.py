@@ -13,22 +13,11 @@ from collections import OrderedDict
 import numpy as np
 
 from align.compare import compare_runs
-from align.hooks import flatten_outputs, match_records, record_paddle, record_torch
+from align.hooks import (_paddle_to_numpy, _torch_to_numpy, flatten_outputs, match_records,
+                         record_paddle, record_torch)
 from align.report import write_report
 
 FLOAT_DTYPES = ("float32", "float64")
-
-
-def _torch_numpy(t):
-    import torch
-    return t.detach().cpu().numpy().copy() if isinstance(t, torch.Tensor) else (
-        np.asarray(t) if isinstance(t, np.ndarray) else None)
-
-
-def _paddle_numpy(t):
-    import paddle
-    return t.detach().cpu().numpy().copy() if isinstance(t, paddle.Tensor) else (
-        np.asarray(t) if isinstance(t, np.ndarray) else None)
 
 
 def _cast_inputs(inputs, dtype):
@@ -46,7 +35,7 @@ def run_torch(model, inputs, dtype, outputs_fn=None):
     seconds = time.perf_counter() - start
     records = rec.records()
     flat = []
-    flatten_outputs("output", outputs, _torch_numpy, flat)
+    flatten_outputs("output", outputs, _torch_to_numpy, flat)
     records.update(flat)
     return records, seconds
 
@@ -62,7 +51,7 @@ def run_paddle(model, inputs, dtype, outputs_fn=None):
     seconds = time.perf_counter() - start
     records = rec.records()
     flat = []
-    flatten_outputs("output", outputs, _paddle_numpy, flat)
+    flatten_outputs("output", outputs, _paddle_to_numpy, flat)
     records.update(flat)
     return records, seconds
 
@@ -87,7 +76,7 @@ def align_forward(torch_model, paddle_model, inputs, dtype, out_dir, torch_outpu
     else:
         t64, t64_sec = run_torch(torch_model, inputs, "float64", torch_outputs_fn)
         p64, p64_sec = run_paddle(paddle_model, inputs, "float64", paddle_outputs_fn)
-        run_torch_cast(torch_model, "float32")
+        torch_model.float()
         paddle_model.to(dtype="float32")
         timings.update(torch_float64_s=t64_sec, paddle_float64_s=p64_sec)
         if float64_view is not None:
@@ -102,7 +91,3 @@ def align_forward(torch_model, paddle_model, inputs, dtype, out_dir, torch_outpu
     return write_report(out_dir, check, dtype, {k: t_rec[k] for k in results}, {k: p_rec[k] for k in results},
                         results, order=list(results), extra=summary_extra)
 
-
-def run_torch_cast(model, dtype):
-    import torch
-    model.to(getattr(torch, dtype))

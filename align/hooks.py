@@ -52,17 +52,19 @@ class _Recorder:
 
 
 def _torch_to_numpy(value):
+    import numpy as np
     import torch
     if isinstance(value, torch.Tensor):
         return value.detach().cpu().numpy().copy()
-    return None
+    return value if isinstance(value, np.ndarray) else None
 
 
 def _paddle_to_numpy(value):
+    import numpy as np
     import paddle
     if isinstance(value, paddle.Tensor):
         return value.detach().cpu().numpy().copy()
-    return None
+    return value if isinstance(value, np.ndarray) else None
 
 
 class record_torch:

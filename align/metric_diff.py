@@ -38,7 +38,6 @@ def predict_all(model, loader, to_numpy, label_to_cat_id):
 
 
 def run(model="retina_r50", dtype="float64", data=None, weights=None, out="reports", seed=0, num_classes=None):
-    import paddle
     import torch
     t_loader, p_loader, n_cls = loader_pair(data, dtype, seed, batch_size=2, shuffle=False, flip_prob=0.0)
     spec = get_spec(model)
@@ -64,7 +63,6 @@ def run(model="retina_r50", dtype="float64", data=None, weights=None, out="repor
         st = check_float64(t_log[k], p_log[k])
         st["passed"] = bool(st["max_abs"] <= limit) if k.startswith("coco.") else bool(st["max_abs"] == 0 or dtype != "float64")
         results[k] = st
-    del torch, paddle
     return write_report(str(Path(out) / model / "metric"), f"metric:{model}", dtype, t_log, p_log, results,
                         extra={"model": model, "torch": t_stats, "paddle": p_stats, "prediction_diff": diff,
                                "num_images": len(t_loader.dataset), "weights": weights or "seeded init"})

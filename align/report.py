@@ -2,7 +2,7 @@
 
 Layout of DIR (one check):
     torch.npy, paddle.npy  reprod_log ReprodLogger files with identical key sets (ReprodDiffHelper reads them)
-    diff.txt               a table for people: one row per key, worst first is NOT used; rows follow execution order
+    diff.txt               a table for people: one row per key, in execution order
     summary.json           the machine-readable verdict: {"passed", "dtype", "first_divergence", "keys": {...}, ...}
 The caller's exit status is 0 iff summary["passed"].
 """

@@ -94,7 +94,6 @@ def train(name, steps, dtype, data, seed, ckpt=None, resume=False, progress=True
 
 
 def _load_state(side, st):
-    import torch
     if side.fw == "torch":
         side.model.load_state_dict(st["model"])
         side.loss.load_state_dict(st["loss"])
@@ -104,7 +103,6 @@ def _load_state(side, st):
         side.loss.set_state_dict(st["loss"])
         side.trainer.opt.set_state_dict(st["opt"])
     side.seconds = st["seconds"]
-    assert torch is not None
 
 
 def plot_curves(path, t_log, p_log, steps, title):

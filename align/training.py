@@ -9,7 +9,7 @@ driven by one seed) and the same optimiser recipe:
   on both sides. Paddle's ClipGradByGlobalNorm uses max_norm / max(norm, max_norm), which differs by
   ~1e-6 / norm whenever clipping is active; using one formula keeps float64 runs within 1e-8.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -34,7 +34,6 @@ class Recipe:
     warmup_ratio: float = 0.1
     decay_steps: tuple = (7,)
     clip_norm: float = 35.0
-    extra: dict = field(default_factory=dict)
 
     def lr(self, step):
         """Learning rate at 0-based step: linear warm-up, then x0.1 at each decay step."""
@@ -50,7 +49,6 @@ def no_decay(name):
 
 def build_training_pair(name, num_classes, seed=0, dtype="float64"):
     """(torch model, torch loss, paddle model, paddle loss) with identical weights, in dtype."""
-    import paddle
     import torch
     from paddle_impl.models.retina_loss import RetinaLoss as PLoss
     from paddle_impl.models.retinanet import RetinaNet as PRetina
@@ -70,7 +68,6 @@ def build_training_pair(name, num_classes, seed=0, dtype="float64"):
     p_loss = PLoss(num_classes, p_model.box_coder, cfg["loss_type"])
     t_loss.to(getattr(torch, dtype))
     p_loss.to(dtype=dtype)
-    assert isinstance(p_model, paddle.nn.Layer)
     return t_model, t_loss, p_model, p_loss
 
 
@@ -82,8 +79,7 @@ def loss_state(loss_module, to_numpy):
 def torch_step_losses(model, loss, batch):
     cls, reg = model(batch["images"])
     anchors = model.anchors(batch["images"], cls)
-    terms = loss(cls, reg, anchors, batch["boxes"], batch["labels"])
-    return terms
+    return loss(cls, reg, anchors, batch["boxes"], batch["labels"])
 
 
 def paddle_step_losses(model, loss, batch):

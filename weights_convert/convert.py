@@ -20,7 +20,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from weights_convert.checkpoint_io import CheckpointError, load_checkpoint, framework_of, save_checkpoint  # noqa: E402
-from weights_convert.rules import linear_weight_keys, paddle_key_to_torch, torch_key_to_paddle  # noqa: E402
+from weights_convert.rules import linear_weight_keys, torch_key_to_paddle  # noqa: E402
 
 
 @dataclass(frozen=True)

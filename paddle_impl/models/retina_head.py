@@ -1,7 +1,6 @@
 """RetinaNet head (Paddle twin): 4 conv+ReLU per branch, shared across levels; 9 anchors; prior 0.01."""
 import math
 
-import paddle
 from paddle import nn
 
 

@@ -1,7 +1,6 @@
 """RetinaNet head: 4 conv+ReLU per branch, shared across levels; 9 anchors; classification prior 0.01."""
 import math
 
-import torch
 from torch import nn
 
 
