@@ -1,0 +1,30 @@
+"""The CI gate re-checks reports against align/thresholds.json and judges only what it regenerated."""
+import json
+import os
+
+from align.gate import gate
+
+
+def _summary(path, dtype="float64", max_rel=1e-12, passed=True):
+    path.mkdir(parents=True, exist_ok=True)
+    keys = {"a": {"max_abs": max_rel, "mean_abs": max_rel, "max_rel": max_rel, "passed": passed}}
+    (path / "summary.json").write_text(json.dumps({"check": "forward:x", "passed": passed, "dtype": dtype,
+                                                   "first_divergence": None, "keys": keys}))
+
+
+def test_gate_rechecks_numbers_instead_of_trusting_the_verdict(tmp_path):
+    _summary(tmp_path / "float64" / "m" / "forward")
+    assert gate(tmp_path)
+    _summary(tmp_path / "float64" / "n" / "forward", max_rel=1e-6)   # claims passed, out of threshold
+    assert not gate(tmp_path)
+
+
+def test_regenerating_run_ignores_other_reports_but_fails_stale_or_missing(tmp_path):
+    old = tmp_path / "retina_r50" / "forward"           # a user's earlier forward_diff run
+    _summary(old)
+    os.utime(old / "summary.json", (0, 0))
+    _summary(tmp_path / "float64" / "m" / "forward")
+    assert gate(tmp_path, since=1.0, expected=["float64/m/forward"])
+    os.utime(tmp_path / "float64" / "m" / "forward" / "summary.json", (0, 0))
+    assert not gate(tmp_path, since=1.0, expected=["float64/m/forward"])          # stale
+    assert not gate(tmp_path, since=0.0, expected=["float64/m/forward", "float64/missing"])
