@@ -11,7 +11,8 @@ if [ ! -f "$stamp" ]; then
     python3 -m venv "$venv"
     # Some machines offer a local CPU-only wheel, torch 2.13.0+cpu, that satisfies torch==2.13.0 but cannot
     # load torchvision's compiled ops. '===' (exact version string) excludes it, so pip takes the index build.
-    "$venv/bin/python" -m pip install --quiet "torch===2.13.0" -e ".[test]"
+    # --no-cache-dir: a cached copy of the CUDA wheels would double the few GB they take on disk
+    "$venv/bin/python" -m pip install --quiet --no-cache-dir "torch===2.13.0" -e ".[test]"
     "$venv/bin/python" - <<'PY'
 import torch, torchvision, paddle
 boxes = torch.tensor([[0., 0., 10., 10.], [1., 1., 10., 10.], [20., 20., 30., 30.]])

@@ -1,13 +1,15 @@
 """The CI gate: regenerate every alignment report, then check each one against align/thresholds.json.
 
-    python align/gate.py --regenerate [--out reports]   # what CI runs
-    python align/gate.py [--out reports]                # only check reports already there
+    python align/gate.py --regenerate [--out reports] [--keep-tensors]   # what CI runs
+    python align/gate.py [--out reports]                                 # only check reports already there
 
 A report passes the gate when its summary says passed AND its numbers satisfy the thresholds file
 (float64 keys: max_rel; float32 keys: max_abs within the noise multiple of the recorded floor): the gate does
 not take a tool's word for it. With --regenerate it judges the reports it regenerated: one that is
 missing or older than this run's start fails; other reports under --out (e.g. from forward_diff's default
-run) are left out.
+run) are left out. A regenerated check that passed has its tensor logs (torch.npy/paddle.npy, a few hundred MB
+each for the full models) deleted once it is done, unless --keep-tensors: the whole set would take several GB.
+summary.json and diff.txt stay; a failed check keeps everything for debugging.
 Exit status 0 iff every report passed.
 """
 import argparse
@@ -52,6 +54,15 @@ def regeneration_commands(out):
     cmds.append(("float64/retina_r50_ghm/train", [py, "align/train_diff.py", "--model", "retina_r50_ghm",
                                                   "--steps", "2", "--out", str(Path(out) / "float64")]))
     return [(folder, argv) for folder, argv in cmds if (ROOT / argv[1]).exists()]
+
+
+def prune_tensor_logs(folder):
+    """Delete the reprod_log tensor files (*.npy) and checkpoints under a report folder; returns bytes freed."""
+    freed = 0
+    for path in list(Path(folder).rglob("*.npy")) + list(Path(folder).rglob("*.pkl")):
+        freed += path.stat().st_size
+        path.unlink()
+    return freed
 
 
 def check_keys(summary):
@@ -116,6 +127,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="reports")
     p.add_argument("--regenerate", action="store_true", help="run every alignment check first (CI)")
+    p.add_argument("--keep-tensors", action="store_true",
+                   help="keep the tensor logs of regenerated checks that passed (several GB in all)")
     args = p.parse_args(argv)
     since, expected = None, ()
     if args.regenerate:
@@ -130,6 +143,8 @@ def main(argv=None):
                   f"  {tail}", flush=True)
             if res.returncode not in (0, 1):       # 1 = check failed (the gate reports it); else a crash
                 print(res.stderr[-3000:], file=sys.stderr)
+            if res.returncode == 0 and not args.keep_tensors:
+                prune_tensor_logs(Path(args.out) / folder)
     return 0 if gate(args.out, since, expected) else 1
 
 

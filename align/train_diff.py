@@ -9,8 +9,10 @@ value within max_rel 1e-8 at every step; float32: the same values are also run i
 the report shows, step by step, the cross-framework difference next to each framework's float32 noise.
 BatchNorm runs with frozen statistics (norm_eval, as RetinaNet trains), so Paddle's biased vs torch's
 unbiased running-variance update does not arise; the report says so.
-Writes DIR/<model>/train/{torch.npy, paddle.npy, diff.txt, summary.json, curves.png, checkpoint.pkl};
---resume continues from the last completed step in checkpoint.pkl. Exit 0 iff passed.
+Writes DIR/<model>/train/{torch.npy, paddle.npy, diff.txt, summary.json, curves.png}. While it runs,
+checkpoint_<dtype>.pkl holds both sides after the last completed step (both models and optimizers: about a GB
+for float64), so --resume continues an interrupted run; a completed run deletes it unless --keep-checkpoint.
+Exit 0 iff passed.
 """
 import argparse
 import pickle
@@ -128,14 +130,19 @@ def plot_curves(path, t_log, p_log, steps, title):
     plt.close(fig)
 
 
-def run(name, steps=10, dtype="float64", data=None, out="reports", seed=0, resume=False):
+def run(name, steps=10, dtype="float64", data=None, out="reports", seed=0, resume=False, keep_checkpoint=False):
     out_dir = Path(out) / name / "train"
-    t, p, sec = train(name, steps, dtype, data, seed, out_dir / f"checkpoint_{dtype}.pkl", resume)
+    ckpts = [out_dir / f"checkpoint_{dtype}.pkl"]
+    t, p, sec = train(name, steps, dtype, data, seed, ckpts[0], resume)
     if dtype == "float64":
         results = OrderedDict((k, check_float64(t[k], p[k], FP64_TRAIN_MAX_REL)) for k in t if k in p)
     else:
-        t64, p64, _ = train(name, steps, "float64", data, seed, out_dir / "checkpoint_float64.pkl", resume)
+        ckpts.append(out_dir / "checkpoint_float64.pkl")
+        t64, p64, _ = train(name, steps, "float64", data, seed, ckpts[1], resume)
         results = compare_runs(dtype, t, p, t64, p64)
+    if not keep_checkpoint:
+        for ckpt in ckpts:
+            ckpt.unlink(missing_ok=True)
     plot_curves(out_dir / "curves.png", t, p, steps, f"{name} ({dtype})")
     growth = [max(v["max_rel"] for k, v in results.items() if k.startswith(f"step{i:03d}.")) for i in range(steps)]
     summary = write_report(str(out_dir), f"train:{name}", dtype, {k: t[k] for k in results},
@@ -156,11 +163,14 @@ def main(argv=None):
     ap.add_argument("--out", default="reports")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true", help="continue from the last completed step")
+    ap.add_argument("--keep-checkpoint", action="store_true",
+                    help="keep checkpoint_<dtype>.pkl after the run (to --resume it later with more --steps)")
     args = ap.parse_args(argv)
     if args.steps < 1:
         ap.error("--steps must be >= 1")
     configure_frameworks()
-    summary = run(args.model, args.steps, args.dtype, args.data, args.out, args.seed, args.resume)
+    summary = run(args.model, args.steps, args.dtype, args.data, args.out, args.seed, args.resume,
+                  args.keep_checkpoint)
     sec = summary["seconds_per_step"]
     print(f"train_diff {args.model} {args.dtype}: {'PASSED' if summary['passed'] else 'FAILED'} "
           f"({args.steps} steps, first divergence: {summary['first_divergence']}, "

@@ -28,3 +28,17 @@ def test_regenerating_run_ignores_other_reports_but_fails_stale_or_missing(tmp_p
     os.utime(tmp_path / "float64" / "m" / "forward" / "summary.json", (0, 0))
     assert not gate(tmp_path, since=1.0, expected=["float64/m/forward"])          # stale
     assert not gate(tmp_path, since=0.0, expected=["float64/m/forward", "float64/missing"])
+
+
+def test_pruning_tensor_logs_keeps_what_the_gate_reads(tmp_path):
+    import numpy as np
+    from align.gate import prune_tensor_logs
+    report = tmp_path / "float64" / "losses" / "focal"
+    _summary(report)
+    (report / "diff.txt").write_text("ok\n")
+    np.save(report / "torch.npy", np.zeros(1000))
+    np.save(report / "paddle.npy", np.zeros(1000))
+    (report / "checkpoint_float64.pkl").write_bytes(b"x" * 10)
+    assert prune_tensor_logs(tmp_path / "float64" / "losses") == 2 * (8000 + 128) + 10
+    assert sorted(p.name for p in report.iterdir()) == ["diff.txt", "summary.json"]
+    assert gate(tmp_path)
