@@ -123,3 +123,14 @@ def test_bad_configuration_raises_value_error(make):
             make(lib)
         messages.append(str(err.value))
     assert messages[0] == messages[1]
+
+
+@pytest.mark.parametrize("fw", ["torch", "paddle"])
+def test_finiteness_check_survives_an_overflowing_sum(fw):
+    """The fast path sums the tensor; finite values whose float32 sum overflows must still pass."""
+    checks = T.checks if fw == "torch" else P.checks
+    big = np.full(4, 3e38, np.float32)
+    checks.check_float("pred", _tensor(fw, big))
+    for bad in (np.inf, -np.inf, np.nan):
+        with pytest.raises(ValueError, match="pred contains NaN or Inf"):
+            checks.check_float("pred", _tensor(fw, np.append(big, np.float32(bad))))

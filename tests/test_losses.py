@@ -148,6 +148,36 @@ def test_ghm_edges_are_mmdetection_float32():
     assert np.array_equal(ghm_ref.edges(30, "ghmc"), e.astype(np.float64))
 
 
+def _edge_neighbourhood(edges32, dtype, rng):
+    """Every edge and its 3 neighbours on each side in `dtype`, g = 0 and 1, and uniform draws, within [0, 1]."""
+    e = edges32.astype(dtype)
+    near = [e]
+    up, down = e.copy(), e.copy()
+    for _ in range(3):
+        up, down = np.nextafter(up, dtype(2)), np.nextafter(down, dtype(-1))
+        near += [up, down]
+    g = np.concatenate(near + [np.array([0.0, 1.0], dtype), rng.random(2000).astype(dtype)])
+    return g[(g >= 0) & (g <= 1)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bins", [1, 3, 7, 10, 30, 100, 1000])
+def test_ghm_bin_index_is_exact_at_every_edge(bins, dtype):
+    """The search-free bin_index against the loop definition, on g within 3 ulps of every float32 edge."""
+    rng = np.random.default_rng(bins)
+    for kind in ("ghmc", "ghmr"):
+        edges = ghm_ref.edges(bins, kind)
+        g = _edge_neighbourhood(edges.astype(np.float32), dtype, rng)
+        valid = rng.random(g.shape) > 0.2
+        expected = ghm_ref.assign_bins(g.astype(np.float64), valid, edges)
+        upper_t = T.ghm.upper_edges(torch.tensor(edges, dtype=torch.float32))
+        upper_p = P.ghm.upper_edges(paddle.to_tensor(edges.astype(np.float32)))
+        got_t = T.ghm.bin_index(torch.tensor(g), upper_t, bins, torch.tensor(valid)).numpy()
+        got_p = P.ghm.bin_index(paddle.to_tensor(g), upper_p, bins, paddle.to_tensor(valid)).numpy()
+        np.testing.assert_array_equal(got_t, expected, err_msg=f"torch {kind}")
+        np.testing.assert_array_equal(got_p, expected, err_msg=f"paddle {kind}")
+
+
 def _mmdet_ghmc(pred, target, label_weight, bins, mmt, acc_sum):
     """mmdetection's GHMC.forward, literally (per-bin loop, .item()), on float64 tensors."""
     edges = torch.arange(bins + 1).float() / bins

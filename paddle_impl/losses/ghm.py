@@ -1,20 +1,26 @@
 """GHM-C and GHM-R (Gradient Harmonized Single-stage Detector), mmdetection semantics, binned in one pass.
 
 Bins use float32 edges arange(bins + 1) / bins (last edge + 1e-6 for GHM-C, 1e3 for GHM-R) cast to the
-input dtype; element i lands in bin k iff edges[k] <= g < edges[k + 1] (bucketize, right=True). Counts come
-from one put_along_axis(reduce='add'), so there is no per-bin loop and no host sync. Bin index `bins` means
-"no bin" (ignored element): it indexes an extra slot of weight 0.
+input dtype; element i lands in bin k iff edges[k] <= g < edges[k + 1]. bin_index finds k without a search
+(see there); counts come from one bincount, so there is no per-bin loop and no host sync. Bin index `bins`
+means "no bin" (ignored element): it indexes an extra slot of weight 0.
 
-State: `acc_sum` (zeros(bins)) is a persistable registered buffer and appears in the state_dict. It is kept
-in the dtype of the predictions that last updated it (the momentum update runs in the input dtype and
-replaces the buffer), so a float64 run never rounds its state to float32. With momentum 0 it stays zero.
+GHM-C's gradient w.r.t. the logits is the closed form (sigmoid(pred) - target) * weight / tot, from the
+sigmoid the binning needs anyway (a paddle.autograd.PyLayer): autograd through a written-out BCE would cost
+several passes more over anchors x classes.
+
+State: `acc_sum` (zeros(bins)) is a persistable registered buffer and appears in the state_dict. It is kept in the
+dtype of the predictions that last updated it (the momentum update runs in the input dtype and replaces the
+buffer), so a float64 run never rounds its state to float32. With momentum 0 it stays zero.
 """
 import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
 from . import checks
-from .bce import bce_with_logits
+
+IGNORED_G = 3.0      # ignored elements get g >= this: beyond every edge, so bin_index sends them to "no bin"
+SHRINK = 1 - 2.0 ** -20
 
 
 def float32_edges(bins, last):
@@ -24,20 +30,33 @@ def float32_edges(bins, last):
     return edges
 
 
-def bin_index(g, edges, valid):
-    """Bin of each element (edges[k] <= g < edges[k+1]); len(edges) - 1 for invalid or out-of-range ones."""
+def upper_edges(edges):
+    """bin_index's lookup table: upper[m] = edges[m + 1] for m < bins, +inf beyond (up to IGNORED_G's reach)."""
     bins = edges.shape[0] - 1
-    idx = paddle.bucketize(g, edges.astype(g.dtype), right=True) - 1
-    inside = valid & (idx >= 0) & (idx < bins)
-    return paddle.where(inside, idx, paddle.full_like(idx, bins))
+    upper = paddle.full([int((IGNORED_G + 1) * bins) + 2], float("inf"), dtype="float32")
+    upper[:bins] = edges[1:]
+    return upper
+
+
+def bin_index(g, upper, bins, valid):
+    """Bin k of each element (edges[k] <= g < edges[k + 1]); `bins` for ignored elements and g >= the last edge.
+
+    For 0 <= g <= 1 and edges[k] = float32(k / bins) (k < bins), j = floor(g * bins * (1 - 2^-20)) is k or
+    k - 1: the factor 1 - 2^-20 outweighs the float32 rounding of the edges and of the product (2^-23), so j
+    never passes k, and it is too close to 1 to lose a whole bin. One comparison with the next edge, upper[j],
+    settles it: exact in both dtypes, with no search. Ignored elements are moved to g >= IGNORED_G, whose j points
+    past the table's edges (+inf); the clamp sends them, and g >= the last edge, to `bins`.
+    """
+    g = g + (~valid).astype(g.dtype) * IGNORED_G       # cheaper than paddle.where on CPU
+    j = (g * (bins * SHRINK)).astype("int32")               # truncation = floor, as g >= 0
+    j += (g >= paddle.gather(upper.astype(g.dtype), j.flatten()).reshape(j.shape)).astype("int32")
+    return j.clip(max=bins)
 
 
 def harmonizing_weights(idx, bins, tot, acc_sum, momentum):
     """Per-element weights tot / num_in_bin (or tot / acc_sum with momentum), divided by the number of
     non-empty bins, and the updated acc_sum. All inputs are detached; tot and acc_sum carry the dtype."""
-    flat = idx.reshape([-1])
-    counts = paddle.put_along_axis(paddle.zeros([bins + 1], dtype="int64"), flat, paddle.ones_like(flat), 0,
-                                   reduce="add")
+    counts = paddle.bincount(idx.flatten(), minlength=bins + 1)
     nonempty = counts[:bins] > 0
     num = counts[:bins].astype(tot.dtype)
     zero = paddle.zeros_like(num)
@@ -48,7 +67,26 @@ def harmonizing_weights(idx, bins, tot, acc_sum, momentum):
         per_bin = paddle.where(nonempty, tot / paddle.where(nonempty, num, paddle.ones_like(num)), zero)
     per_bin = per_bin / nonempty.sum().astype(tot.dtype).clip(min=1)
     per_bin = paddle.concat([per_bin, zero[:1]])      # the "no bin" slot
-    return paddle.gather(per_bin, flat).reshape(idx.shape), acc_sum
+    return paddle.gather(per_bin, idx.flatten()).reshape(idx.shape), acc_sum
+
+
+class HarmonizedBCE(paddle.autograd.PyLayer):
+    """sum(weight * BCE-with-logits(pred, target)) / tot; gradient w.r.t. pred only, in closed form from
+    diff = sigmoid(pred) - target: diff * weight / tot. weight, diff and tot are detached.
+
+    BCE = log1p(exp(-|x|)) + (relu(x) - x t): accurate for confident logits (1 + e^-|x| is never rounded)."""
+
+    @staticmethod
+    def forward(ctx, pred, target, diff, weight, tot):
+        ctx.save_for_backward(diff, weight, tot)
+        bce = paddle.log1p(paddle.exp(-pred.abs()))
+        bce += paddle.nn.functional.relu(pred) - pred * target
+        return (weight * bce).sum() / tot
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        diff, weight, tot = ctx.saved_tensor()
+        return diff * weight * (grad_out / tot), None, None, None, None
 
 
 def _check_config(bins, momentum):
@@ -64,10 +102,11 @@ class _GHMBase(nn.Layer):
         _check_config(bins, momentum)
         self.bins, self.momentum, self.loss_weight = bins, float(momentum), loss_weight
         self.register_buffer("edges", float32_edges(bins, last_edge), persistable=False)
+        self.register_buffer("upper", upper_edges(self.edges), persistable=False)
         self.register_buffer("acc_sum", paddle.zeros([bins], dtype="float32"), persistable=True)
 
     def _weights(self, g, valid, tot):
-        idx = bin_index(g, self.edges, valid)
+        idx = bin_index(g, self.upper, self.bins, valid)
         weights, acc_sum = harmonizing_weights(idx, self.bins, tot, self.acc_sum.astype(tot.dtype), self.momentum)
         if self.momentum > 0:
             self.acc_sum = acc_sum
@@ -108,23 +147,19 @@ class GHMC(_GHMBase):
         checks.check_range("label_weight", label_weight, low=0.0)
         return target.detach(), label_weight.detach()
 
-    def _bins(self, pred, target, label_weight):
-        g = (F.sigmoid(pred.detach()) - target).abs()
-        return g, label_weight > 0
-
     def bin_index(self, pred, target, label_weight):
         """Bin of every (anchor, class) element as forward assigns it (`bins` = ignored)."""
         target, label_weight = self._prepare(pred, target, label_weight)
-        g, valid = self._bins(pred, target, label_weight)
-        return bin_index(g, self.edges, valid)
+        g = (F.sigmoid(pred.detach()) - target).abs()
+        return bin_index(g, self.upper, self.bins, label_weight > 0)
 
     def forward(self, pred, target, label_weight):
         target, label_weight = self._prepare(pred, target, label_weight)
-        g, valid = self._bins(pred, target, label_weight)
+        diff = F.sigmoid(pred.detach()) - target         # g = |diff|; also the BCE's gradient
+        valid = label_weight > 0
         tot = valid.sum().astype(pred.dtype).clip(min=1)
-        weights = self._weights(g, valid, tot)
-        loss = (bce_with_logits(pred, target) * weights).sum() / tot
-        return loss * self.loss_weight
+        weights = self._weights(diff.abs(), valid, tot)
+        return HarmonizedBCE.apply(pred, target, diff, weights, tot) * self.loss_weight
 
 
 class GHMR(_GHMBase):
@@ -154,7 +189,7 @@ class GHMR(_GHMBase):
     def bin_index(self, pred, target, label_weight):
         label_weight = self._prepare(pred, target, label_weight)
         g, valid = self._bins(pred.detach() - target.detach(), label_weight)
-        return bin_index(g, self.edges, valid)
+        return bin_index(g, self.upper, self.bins, valid)
 
     def forward(self, pred, target, label_weight):
         label_weight = self._prepare(pred, target, label_weight)

@@ -1,9 +1,13 @@
 """GHM-C and GHM-R (Gradient Harmonized Single-stage Detector), mmdetection semantics, binned in one pass.
 
 Bins use float32 edges arange(bins + 1) / bins (last edge + 1e-6 for GHM-C, 1e3 for GHM-R) cast to the
-input dtype; element i lands in bin k iff edges[k] <= g < edges[k + 1] (bucketize, right=True). Counts come
-from one scatter_add, so there is no per-bin loop and no host sync. Bin index `bins` means "no bin"
-(ignored element): it indexes an extra slot of weight 0.
+input dtype; element i lands in bin k iff edges[k] <= g < edges[k + 1]. bin_index finds k without a search
+(see there); counts come from one bincount, so there is no per-bin loop and no host sync. Bin index `bins`
+means "no bin" (ignored element): it indexes an extra slot of weight 0.
+
+GHM-C's gradient w.r.t. the logits is the closed form (sigmoid(pred) - target) * weight / tot, from the
+sigmoid the binning needs anyway (a torch.autograd.Function): autograd through a written-out BCE would cost
+several passes more over anchors x classes.
 
 State: `acc_sum` (zeros(bins)) is a registered buffer and appears in the state_dict. It is kept in the
 dtype of the predictions that last updated it (the momentum update runs in the input dtype and replaces the
@@ -13,7 +17,9 @@ import torch
 from torch import nn
 
 from . import checks
-from .bce import bce_with_logits
+
+IGNORED_G = 3.0      # ignored elements get g >= this: beyond every edge, so bin_index sends them to "no bin"
+SHRINK = 1 - 2.0 ** -20
 
 
 def float32_edges(bins, last):
@@ -23,19 +29,33 @@ def float32_edges(bins, last):
     return edges
 
 
-def bin_index(g, edges, valid):
-    """Bin of each element (edges[k] <= g < edges[k+1]); len(edges) - 1 for invalid or out-of-range ones."""
+def upper_edges(edges):
+    """bin_index's lookup table: upper[m] = edges[m + 1] for m < bins, +inf beyond (up to IGNORED_G's reach)."""
     bins = edges.numel() - 1
-    idx = torch.bucketize(g, edges.to(g.dtype), right=True) - 1
-    inside = valid & (idx >= 0) & (idx < bins)
-    return torch.where(inside, idx, torch.full_like(idx, bins))
+    upper = torch.full((int((IGNORED_G + 1) * bins) + 2,), float("inf"))
+    upper[:bins] = edges[1:]
+    return upper
+
+
+def bin_index(g, upper, bins, valid):
+    """Bin k of each element (edges[k] <= g < edges[k + 1]); `bins` for ignored elements and g >= the last edge.
+
+    For 0 <= g <= 1 and edges[k] = float32(k / bins) (k < bins), j = floor(g * bins * (1 - 2^-20)) is k or
+    k - 1: the factor 1 - 2^-20 outweighs the float32 rounding of the edges and of the product (2^-23), so j
+    never passes k, and it is too close to 1 to lose a whole bin. One comparison with the next edge, upper[j],
+    settles it: exact in both dtypes, with no search. Ignored elements are moved to g >= IGNORED_G, whose j points
+    past the table's edges (+inf); the clamp sends them, and g >= the last edge, to `bins`.
+    """
+    g = torch.where(valid, g, IGNORED_G)
+    j = (g * (bins * SHRINK)).long()                        # truncation = floor, as g >= 0
+    j += g >= torch.take(upper.to(g.dtype), j)
+    return j.clamp_(max=bins)
 
 
 def harmonizing_weights(idx, bins, tot, acc_sum, momentum):
     """Per-element weights tot / num_in_bin (or tot / acc_sum with momentum), divided by the number of
     non-empty bins, and the updated acc_sum. All inputs are detached; tot and acc_sum carry the dtype."""
-    flat = idx.reshape(-1)
-    counts = torch.zeros(bins + 1, dtype=torch.int64, device=idx.device).scatter_add_(0, flat, torch.ones_like(flat))
+    counts = torch.bincount(idx.reshape(-1), minlength=bins + 1)
     nonempty = counts[:bins] > 0
     num = counts[:bins].to(tot.dtype)
     zero = torch.zeros_like(num)
@@ -46,7 +66,26 @@ def harmonizing_weights(idx, bins, tot, acc_sum, momentum):
         per_bin = torch.where(nonempty, tot / torch.where(nonempty, num, torch.ones_like(num)), zero)
     per_bin = per_bin / nonempty.sum().to(tot.dtype).clamp(min=1)
     per_bin = torch.cat([per_bin, zero[:1]])          # the "no bin" slot
-    return per_bin[idx], acc_sum
+    return torch.take(per_bin, idx), acc_sum
+
+
+class HarmonizedBCE(torch.autograd.Function):
+    """sum(weight * BCE-with-logits(pred, target)) / tot; gradient w.r.t. pred only, in closed form from
+    diff = sigmoid(pred) - target: diff * weight / tot. weight, diff and tot are detached.
+
+    BCE = log1p(exp(-|x|)) + (relu(x) - x t): accurate for confident logits (1 + e^-|x| is never rounded)."""
+
+    @staticmethod
+    def forward(ctx, pred, target, diff, weight, tot):
+        ctx.save_for_backward(diff, weight, tot)
+        bce = torch.log1p(torch.exp(-pred.abs()))
+        bce += pred.relu() - pred * target
+        return (weight * bce).sum() / tot
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        diff, weight, tot = ctx.saved_tensors
+        return diff * weight * (grad_out / tot), None, None, None, None
 
 
 def _check_config(bins, momentum):
@@ -62,10 +101,11 @@ class _GHMBase(nn.Module):
         _check_config(bins, momentum)
         self.bins, self.momentum, self.loss_weight = bins, float(momentum), loss_weight
         self.register_buffer("edges", float32_edges(bins, last_edge), persistent=False)
+        self.register_buffer("upper", upper_edges(self.edges), persistent=False)
         self.register_buffer("acc_sum", torch.zeros(bins))
 
     def _weights(self, g, valid, tot):
-        idx = bin_index(g, self.edges, valid)
+        idx = bin_index(g, self.upper, self.bins, valid)
         weights, acc_sum = harmonizing_weights(idx, self.bins, tot, self.acc_sum.to(tot.dtype), self.momentum)
         if self.momentum > 0:
             self.acc_sum = acc_sum
@@ -106,23 +146,19 @@ class GHMC(_GHMBase):
         checks.check_range("label_weight", label_weight, low=0.0)
         return target.detach(), label_weight.detach()
 
-    def _bins(self, pred, target, label_weight):
-        g = (pred.detach().sigmoid() - target).abs()
-        return g, label_weight > 0
-
     def bin_index(self, pred, target, label_weight):
         """Bin of every (anchor, class) element as forward assigns it (`bins` = ignored)."""
         target, label_weight = self._prepare(pred, target, label_weight)
-        g, valid = self._bins(pred, target, label_weight)
-        return bin_index(g, self.edges, valid)
+        g = (pred.detach().sigmoid() - target).abs()
+        return bin_index(g, self.upper, self.bins, label_weight > 0)
 
     def forward(self, pred, target, label_weight):
         target, label_weight = self._prepare(pred, target, label_weight)
-        g, valid = self._bins(pred, target, label_weight)
+        diff = pred.detach().sigmoid() - target          # g = |diff|; also the BCE's gradient
+        valid = label_weight > 0
         tot = valid.sum().to(pred.dtype).clamp(min=1)
-        weights = self._weights(g, valid, tot)
-        loss = (bce_with_logits(pred, target) * weights).sum() / tot
-        return loss * self.loss_weight
+        weights = self._weights(diff.abs(), valid, tot)
+        return HarmonizedBCE.apply(pred, target, diff, weights, tot) * self.loss_weight
 
 
 class GHMR(_GHMBase):
@@ -152,7 +188,7 @@ class GHMR(_GHMBase):
     def bin_index(self, pred, target, label_weight):
         label_weight = self._prepare(pred, target, label_weight)
         g, valid = self._bins(pred.detach() - target.detach(), label_weight)
-        return bin_index(g, self.edges, valid)
+        return bin_index(g, self.upper, self.bins, valid)
 
     def forward(self, pred, target, label_weight):
         label_weight = self._prepare(pred, target, label_weight)
