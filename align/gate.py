@@ -49,10 +49,11 @@ def regeneration_commands(out):
             cmds.append((f"{dtype}/{model}/backward",
                          [py, "align/backward_diff.py", "--model", model, "--dtype", dtype, "--out", str(base)]))
         cmds.append((f"{dtype}/retina_r50/metric", [py, "align/metric_diff.py", "--dtype", dtype, "--out", str(base)]))
-    # training: two float64 steps of the GHM variant (losses, GHM momentum state, gradient norm, parameters).
-    # Longer float64 runs currently exceed 1e-8 from the third step on (see the README's known limits).
-    cmds.append(("float64/retina_r50_ghm/train", [py, "align/train_diff.py", "--model", "retina_r50_ghm",
-                                                  "--steps", "2", "--out", str(Path(out) / "float64")]))
+    # training, float64: ten steps of the focal and AP-Loss variants; the GHM variant exceeds 1e-8 from its
+    # fifth step on (not root-caused yet, see the README's known limits), so it runs four
+    for model, steps in (("retina_r50", 10), ("retina_r50_aploss", 10), ("retina_r50_ghm", 4)):
+        cmds.append((f"float64/{model}/train", [py, "align/train_diff.py", "--model", model, "--steps", str(steps),
+                                               "--out", str(Path(out) / "float64")]))
     return [(folder, argv) for folder, argv in cmds if (ROOT / argv[1]).exists()]
 
 
