@@ -20,8 +20,8 @@ if __package__ in (None, ""):
 from align.compare import compare_runs  # noqa: E402
 from align.report import write_report  # noqa: E402
 from align.runtime import configure_frameworks  # noqa: E402
-from align.training import (TRAIN_MODELS, build_training_pair, paddle_grads, paddle_step_losses,  # noqa: E402
-                            torch_grads, torch_step_losses)
+from align.training import (TRAIN_MODELS, build_training_pair, paddle_grads, step_losses,  # noqa: E402
+                            torch_grads)
 from align.train_data import first_batches  # noqa: E402
 
 
@@ -32,9 +32,9 @@ def one_step(name, dtype, data, seed):
     t_model, t_loss, p_model, p_loss = build_training_pair(name, num_classes, seed, dtype)
     t_model.train()
     p_model.train()
-    t_terms = torch_step_losses(t_model, t_loss, t_batch)
+    t_terms = step_losses(t_model, t_loss, t_batch)
     sum(t_terms.values()).backward()
-    p_terms = paddle_step_losses(p_model, p_loss, p_batch)
+    p_terms = step_losses(p_model, p_loss, p_batch)
     sum(p_terms.values()).backward()
     t_out = OrderedDict((f"loss.{k}", v.detach().numpy().reshape(1)) for k, v in t_terms.items())
     p_out = OrderedDict((f"loss.{k}", v.numpy().reshape(1)) for k, v in p_terms.items())

@@ -24,7 +24,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from align.compare import compare_runs  # noqa: E402
-from align.report import write_report  # noqa: E402
+from align.report import worst_key, write_report  # noqa: E402
 from align.synthetic_coco import ensure_synthetic_coco  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / "data" / "synthetic_coco"
@@ -119,9 +119,9 @@ def main(argv=None):
     except (ValueError, OSError) as e:
         print(f"data_diff: error: {e}", file=sys.stderr)
         return 2
-    worst = max(summary["keys"].items(), key=lambda kv: kv[1]["max_rel"])
+    worst = worst_key(summary)
     print(f"data_diff {args.dtype}: {'PASSED' if summary['passed'] else 'FAILED'} ({summary['batches']} batches, "
-          f"{summary['num_keys']} arrays, worst max_rel {worst[1]['max_rel']:.3e} at {worst[0]}, "
+          f"{summary['num_keys']} arrays, worst max_rel {worst[1]:.3e} at {worst[0]}, "
           f"first divergence: {summary['first_divergence']}, {time.perf_counter() - start:.1f}s)")
     print(f"report: {Path(args.out) / 'data'}")
     return 0 if summary["passed"] else 1

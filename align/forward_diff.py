@@ -21,6 +21,7 @@ if __package__ in (None, ""):
 
 from align.detections import float64_detection_view, pad_detections  # noqa: E402
 from align.forward import align_forward  # noqa: E402
+from align.report import worst_key  # noqa: E402
 from align.runtime import configure_frameworks  # noqa: E402
 from align.zoo import MODELS, get_spec  # noqa: E402
 
@@ -115,9 +116,9 @@ def main(argv=None):
     except CheckpointError as e:
         print(f"forward_diff: error: {e}", file=sys.stderr)
         return 2
-    worst = max(summary["keys"].items(), key=lambda kv: kv[1]["max_rel"])
+    worst = worst_key(summary)
     print(f"forward_diff {args.model} {args.dtype}: {'PASSED' if summary['passed'] else 'FAILED'} "
-          f"({summary['num_keys']} tensors, worst max_rel {worst[1]['max_rel']:.3e} at {worst[0]}, "
+          f"({summary['num_keys']} tensors, worst max_rel {worst[1]:.3e} at {worst[0]}, "
           f"first divergence: {summary['first_divergence']}, {time.perf_counter() - start:.1f}s)")
     print(f"report: {Path(args.out) / args.model / 'forward'}")
     return 0 if summary["passed"] else 1

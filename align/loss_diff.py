@@ -19,12 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from align.atomic import write_json  # noqa: E402
 from align.loss_runner import LOSS_NAMES, load_spec, run_spec  # noqa: E402
-
-
-def _worst(summary):
-    """Largest max_rel, leaving out rows judged by the rebinned rule (their raw difference is the moved bins')."""
-    rows = [(k, v["max_rel"]) for k, v in summary["keys"].items() if v.get("rule") != "rebinned"]
-    return max(rows, key=lambda kv: kv[1]) if rows else ("", 0.0)
+from align.report import worst_key  # noqa: E402
 
 
 def run_all(names, dtype, out, seed):
@@ -38,9 +33,10 @@ def run_all(names, dtype, out, seed):
             continue
         start = time.perf_counter()
         summary = run_spec(spec, dtype, out, seed)
-        worst_key, worst = _worst(summary)
+        # rows judged by the rebinned rule are left out: their raw difference is the moved bins'
+        worst_name, worst = worst_key(summary, skip=lambda st: st.get("rule") == "rebinned")
         verdicts[name] = {"passed": summary["passed"], "first_divergence": summary["first_divergence"],
-                          "num_keys": summary["num_keys"], "worst_max_rel": worst, "worst_key": worst_key,
+                          "num_keys": summary["num_keys"], "worst_max_rel": worst, "worst_key": worst_name,
                           "cases": list(summary["cases"]), "seconds": time.perf_counter() - start}
         if "bin_moves" in summary:
             verdicts[name]["bin_moves"] = {
@@ -49,7 +45,7 @@ def run_all(names, dtype, out, seed):
         rebinned = sum(v.get("rule") == "rebinned" for v in summary["keys"].values())
         print(f"loss_diff {name} {dtype}: {'PASSED' if summary['passed'] else 'FAILED'} "
               f"({summary['num_keys']} rows{f', {rebinned} by the rebinned rule' if rebinned else ''}, "
-              f"worst max_rel {worst:.3e} at {worst_key}, "
+              f"worst max_rel {worst:.3e} at {worst_name}, "
               f"first divergence: {summary['first_divergence']}, {verdicts[name]['seconds']:.1f}s)")
     return verdicts, missing
 

@@ -65,6 +65,12 @@ def rule_text(dtype):
             f"{compare.ULP_FLOOR:.3g} x max|ref|), noise = each framework's float32-vs-float64 error")
 
 
+def worst_key(summary, skip=lambda stats: False):
+    """(key, max_rel) of the largest max_rel in a summary, leaving out keys `skip` says; ("", 0.0) if none."""
+    rows = [(k, v["max_rel"]) for k, v in summary["keys"].items() if not skip(v)]
+    return max(rows, key=lambda kv: kv[1]) if rows else ("", 0.0)
+
+
 def write_report(out_dir, check, dtype, torch_log, paddle_log, results, order=None, extra=None):
     """Write the three report files and return the summary dict.
 

@@ -12,6 +12,7 @@ unbiased running-variance update does not arise; the report says so.
 Writes DIR/<model>/train/{torch.npy, paddle.npy, diff.txt, summary.json, curves.png}. While it runs,
 checkpoint_<dtype>.pkl holds both sides after the last completed step (both models and optimizers: about a GB
 for float64), so --resume continues an interrupted run; a completed run deletes it unless --keep-checkpoint.
+--no-checkpoint skips writing it (the CI gate never resumes).
 Exit 0 iff passed.
 """
 import argparse
@@ -130,15 +131,16 @@ def plot_curves(path, t_log, p_log, steps, title):
     plt.close(fig)
 
 
-def run(name, steps=10, dtype="float64", data=None, out="reports", seed=0, resume=False, keep_checkpoint=False):
+def run(name, steps=10, dtype="float64", data=None, out="reports", seed=0, resume=False, keep_checkpoint=False,
+        checkpoint=True):
     out_dir = Path(out) / name / "train"
     ckpts = [out_dir / f"checkpoint_{dtype}.pkl"]
-    t, p, sec = train(name, steps, dtype, data, seed, ckpts[0], resume)
+    t, p, sec = train(name, steps, dtype, data, seed, ckpts[0] if checkpoint else None, resume)
     if dtype == "float64":
         results = OrderedDict((k, check_float64(t[k], p[k], FP64_TRAIN_MAX_REL)) for k in t if k in p)
     else:
         ckpts.append(out_dir / "checkpoint_float64.pkl")
-        t64, p64, _ = train(name, steps, "float64", data, seed, ckpts[1], resume)
+        t64, p64, _ = train(name, steps, "float64", data, seed, ckpts[1] if checkpoint else None, resume)
         results = compare_runs(dtype, t, p, t64, p64)
     if not keep_checkpoint:
         for ckpt in ckpts:
@@ -165,12 +167,16 @@ def main(argv=None):
     ap.add_argument("--resume", action="store_true", help="continue from the last completed step")
     ap.add_argument("--keep-checkpoint", action="store_true",
                     help="keep checkpoint_<dtype>.pkl after the run (to --resume it later with more --steps)")
+    ap.add_argument("--no-checkpoint", action="store_true",
+                    help="do not write the per-step checkpoint (about a GB per step in float64; no --resume)")
     args = ap.parse_args(argv)
     if args.steps < 1:
         ap.error("--steps must be >= 1")
     configure_frameworks()
+    if args.no_checkpoint and (args.resume or args.keep_checkpoint):
+        ap.error("--no-checkpoint cannot be combined with --resume or --keep-checkpoint")
     summary = run(args.model, args.steps, args.dtype, args.data, args.out, args.seed, args.resume,
-                  args.keep_checkpoint)
+                  args.keep_checkpoint, checkpoint=not args.no_checkpoint)
     sec = summary["seconds_per_step"]
     print(f"train_diff {args.model} {args.dtype}: {'PASSED' if summary['passed'] else 'FAILED'} "
           f"({args.steps} steps, first divergence: {summary['first_divergence']}, "

@@ -79,13 +79,8 @@ def loss_state(loss_module, to_numpy):
     return {f"{k}": to_numpy(v) for k, v in loss_module.state_dict().items()}
 
 
-def torch_step_losses(model, loss, batch):
-    cls, reg = model(batch["images"])
-    anchors = model.anchors(batch["images"], cls)
-    return loss(cls, reg, anchors, batch["boxes"], batch["labels"])
-
-
-def paddle_step_losses(model, loss, batch):
+def step_losses(model, loss, batch):
+    """Loss terms of one batch; the twins share their call signatures, so one function serves both."""
     cls, reg = model(batch["images"])
     anchors = model.anchors(batch["images"], cls)
     return loss(cls, reg, anchors, batch["boxes"], batch["labels"])
@@ -117,7 +112,7 @@ class TorchTrainer:
             g["lr"] = self.recipe.lr(step)
         self.model.train()
         self.opt.zero_grad()
-        terms = torch_step_losses(self.model, self.loss, batch)
+        terms = step_losses(self.model, self.loss, batch)
         total = sum(terms.values())
         total.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.recipe.clip_norm)
@@ -142,7 +137,7 @@ class PaddleTrainer:
         self.opt.set_lr(self.recipe.lr(step))
         self.model.train()
         self.opt.clear_grad()
-        terms = paddle_step_losses(self.model, self.loss, batch)
+        terms = step_losses(self.model, self.loss, batch)
         total = sum(terms.values())
         total.backward()
         # torch's clip formula (see module docstring), on the Paddle side too

@@ -12,7 +12,6 @@ from paddle_impl.assigners import box_iou as p_box_iou
 from torch_ref.assigners import MaxIoUAssigner as TMaxIoUAssigner
 
 paddle.set_device("cpu")
-torch.set_num_threads(2)
 
 
 def random_boxes(rng, n, size=100.0):

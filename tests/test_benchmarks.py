@@ -1,9 +1,8 @@
 """Smoke test of benchmarks/bench_losses.py: the quick run checks ours == loop and prints the table."""
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT
 
 
 def test_bench_losses_quick_runs_and_reports_every_row():

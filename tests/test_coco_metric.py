@@ -4,13 +4,11 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 import torch_ref.data as td
 from align.coco_metric import coco_eval, detections_to_coco, prediction_diff
 from align.synthetic_coco import ensure_synthetic_coco
 
-torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="module")

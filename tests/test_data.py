@@ -19,7 +19,6 @@ from align.data_diff import run_data_diff
 from align.synthetic_coco import ensure_synthetic_coco, generate_synthetic_coco
 
 paddle.set_device("cpu")
-torch.set_num_threads(2)
 SMALL = dict(short_side=96, max_size=160)  # keeps every pipeline test fast
 
 

@@ -39,6 +39,8 @@ def test_retina_forward_aligns(dtype, tmp_path):
     assert set(t) == set(p) == set(keys)
     helper.compare_info(t, p)
     helper.report(path=str(tmp_path / "reprod_diff.txt"))
+    if dtype == "float64":          # reprod_log's own verdict (max diff <= 1e-6) agrees with ours
+        assert "diff check passed" in (tmp_path / "reprod_diff.txt").read_text()
     saved = json.loads((out / "summary.json").read_text())
     assert saved["passed"] is True and saved["dtype"] == dtype and saved["first_divergence"] is None
 

@@ -62,9 +62,8 @@ def harmonizing_weights(idx, bins, tot, acc_sum, momentum):
     zero = paddle.zeros_like(num)
     if momentum > 0:
         acc_sum = paddle.where(nonempty, momentum * acc_sum + (1 - momentum) * num, acc_sum)
-        per_bin = paddle.where(nonempty, tot / paddle.where(nonempty, acc_sum, paddle.ones_like(num)), zero)
-    else:
-        per_bin = paddle.where(nonempty, tot / paddle.where(nonempty, num, paddle.ones_like(num)), zero)
+    denom = acc_sum if momentum > 0 else num
+    per_bin = paddle.where(nonempty, tot / paddle.where(nonempty, denom, paddle.ones_like(num)), zero)
     per_bin = per_bin / nonempty.sum().astype(tot.dtype).clip(min=1)
     per_bin = paddle.concat([per_bin, zero[:1]])      # the "no bin" slot
     return paddle.gather(per_bin, idx.flatten()).reshape(idx.shape), acc_sum
@@ -181,22 +180,25 @@ class GHMR(_GHMBase):
         checks.check_range("label_weight", label_weight, low=0.0)
         return label_weight.detach()
 
-    def _bins(self, diff, label_weight):
-        mu = self.mu
-        g = paddle.abs(diff / paddle.sqrt(mu * mu + diff * diff)).detach()
-        return g, label_weight > 0
+    def _root(self, diff):
+        return paddle.sqrt(diff * diff + self.mu * self.mu)
+
+    def _bins(self, diff, root, label_weight):
+        """g = |d| / sqrt(d^2 + mu^2), detached, from the root the loss computes anyway."""
+        return paddle.abs(diff.detach() / root.detach()), label_weight > 0
 
     def bin_index(self, pred, target, label_weight):
         label_weight = self._prepare(pred, target, label_weight)
-        g, valid = self._bins(pred.detach() - target.detach(), label_weight)
+        diff = pred.detach() - target.detach()
+        g, valid = self._bins(diff, self._root(diff), label_weight)
         return bin_index(g, self.upper, self.bins, valid)
 
     def forward(self, pred, target, label_weight):
         label_weight = self._prepare(pred, target, label_weight)
-        mu = self.mu
         diff = pred - target
-        loss = paddle.sqrt(diff * diff + mu * mu) - mu
-        g, valid = self._bins(diff, label_weight)
+        root = self._root(diff)
+        loss = root - self.mu
+        g, valid = self._bins(diff, root, label_weight)
         tot = label_weight.sum().clip(min=1)
         weights = self._weights(g, valid, tot)
         return (loss * weights).sum() / tot * self.loss_weight

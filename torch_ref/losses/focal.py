@@ -3,7 +3,7 @@ from torch import nn
 
 from . import checks
 from .bce import bce_with_logits
-from .reduction import reduce_loss
+from .reduction import weighted_reduce
 
 
 def sigmoid_focal_loss(pred, target, weight=None, alpha=0.25, gamma=2.0, reduction="sum"):
@@ -24,9 +24,7 @@ def sigmoid_focal_loss(pred, target, weight=None, alpha=0.25, gamma=2.0, reducti
     loss = ce * (1 - p_t) ** gamma
     if alpha >= 0:
         loss = (alpha * target + (1 - alpha) * (1 - target)) * loss
-    if weight is not None:
-        loss = loss * weight
-    return reduce_loss(loss, reduction)
+    return weighted_reduce(loss, weight, reduction)
 
 
 class FocalLoss(nn.Module):

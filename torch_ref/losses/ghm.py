@@ -61,9 +61,8 @@ def harmonizing_weights(idx, bins, tot, acc_sum, momentum):
     zero = torch.zeros_like(num)
     if momentum > 0:
         acc_sum = torch.where(nonempty, momentum * acc_sum + (1 - momentum) * num, acc_sum)
-        per_bin = torch.where(nonempty, tot / torch.where(nonempty, acc_sum, torch.ones_like(num)), zero)
-    else:
-        per_bin = torch.where(nonempty, tot / torch.where(nonempty, num, torch.ones_like(num)), zero)
+    denom = acc_sum if momentum > 0 else num
+    per_bin = torch.where(nonempty, tot / torch.where(nonempty, denom, torch.ones_like(num)), zero)
     per_bin = per_bin / nonempty.sum().to(tot.dtype).clamp(min=1)
     per_bin = torch.cat([per_bin, zero[:1]])          # the "no bin" slot
     return torch.take(per_bin, idx), acc_sum
@@ -180,22 +179,25 @@ class GHMR(_GHMBase):
         checks.check_range("label_weight", label_weight, low=0.0)
         return label_weight.detach()
 
-    def _bins(self, diff, label_weight):
-        mu = self.mu
-        g = torch.abs(diff / torch.sqrt(mu * mu + diff * diff)).detach()
-        return g, label_weight > 0
+    def _root(self, diff):
+        return torch.sqrt(diff * diff + self.mu * self.mu)
+
+    def _bins(self, diff, root, label_weight):
+        """g = |d| / sqrt(d^2 + mu^2), detached, from the root the loss computes anyway."""
+        return torch.abs(diff.detach() / root.detach()), label_weight > 0
 
     def bin_index(self, pred, target, label_weight):
         label_weight = self._prepare(pred, target, label_weight)
-        g, valid = self._bins(pred.detach() - target.detach(), label_weight)
+        diff = pred.detach() - target.detach()
+        g, valid = self._bins(diff, self._root(diff), label_weight)
         return bin_index(g, self.upper, self.bins, valid)
 
     def forward(self, pred, target, label_weight):
         label_weight = self._prepare(pred, target, label_weight)
-        mu = self.mu
         diff = pred - target
-        loss = torch.sqrt(diff * diff + mu * mu) - mu
-        g, valid = self._bins(diff, label_weight)
+        root = self._root(diff)
+        loss = root - self.mu
+        g, valid = self._bins(diff, root, label_weight)
         tot = label_weight.sum().clamp(min=1)
         weights = self._weights(g, valid, tot)
         return (loss * weights).sum() / tot * self.loss_weight
