@@ -100,28 +100,38 @@ def _iou(a, b):
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
-def _match(t, p, iou_thr):
-    """Greedy: torch detections by descending score (stable), each to the unmatched Paddle one of highest
-    IoU (first on ties) if >= iou_thr. Returns [(i, j)]."""
+def _match(t, p, iou_thr, max_dist=1.0):
+    """Greedy: torch detections by descending score (stable), each to the free Paddle detection that is its
+    likeliest twin: same category first, then the smallest L-inf box distance (first on ties). The pair is
+    kept if the boxes are within max_dist pixels or overlap with IoU >= iou_thr. Distance, not IoU, picks
+    the twin: untrained detectors emit degenerate (zero-area) boxes whose IoU with themselves is 0, and
+    same-box detections of other classes would tie at IoU 1. Returns [(i, j)]."""
     if not t or not p:
         return []
-    iou = _iou(_xyxy(t), _xyxy(p))
+    tb, pb = _xyxy(t), _xyxy(p)
+    dist = np.abs(tb[:, None, :] - pb[None, :, :]).max(-1)
+    other_cat = np.array([d["category_id"] for d in t])[:, None] != np.array([d["category_id"] for d in p])[None]
+    rank = dist + np.where(other_cat, np.inf, 0.0)
+    iou = _iou(tb, pb)
     free = np.ones(len(p), bool)
     pairs = []
     for i in np.argsort([-d["score"] for d in t], kind="stable"):
-        cand = np.where(free, iou[i], -1.0)
-        j = int(np.argmax(cand))
-        if cand[j] >= iou_thr:
-            free[j] = False
-            pairs.append((int(i), j))
+        if not free.any():
+            break
+        for cost in (rank[i], dist[i]):            # a same-category twin if there is one, else any box
+            j = int(np.argmin(np.where(free, cost, np.inf)))
+            if free[j] and (dist[i, j] <= max_dist or iou[i, j] >= iou_thr):
+                free[j] = False
+                pairs.append((int(i), j))
+                break
     return pairs
 
 
 def prediction_diff(torch_dets, paddle_dets, iou_thr=0.5):
     """Per-image comparison of two COCO detection lists, for the metric report.
 
-    Detections are paired per image by IoU (>= iou_thr, greedy in torch score order, category not
-    required); over the pairs: max |box difference| (original-frame xyxy), max |score difference| and the
+    Detections are paired per image (see _match: same category and nearest box first, within 1 pixel or
+    IoU >= iou_thr, greedy in torch score order); over the pairs: max |box difference| (original-frame xyxy), max |score difference| and the
     number of category mismatches; unpaired detections are counted per side.
     """
     t_by, p_by = _by_image(torch_dets), _by_image(paddle_dets)

@@ -49,11 +49,13 @@ def regeneration_commands(out):
             cmds.append((f"{dtype}/{model}/backward",
                          [py, "align/backward_diff.py", "--model", model, "--dtype", dtype, "--out", str(base)]))
         cmds.append((f"{dtype}/retina_r50/metric", [py, "align/metric_diff.py", "--dtype", dtype, "--out", str(base)]))
-    # training, float64: ten steps of the focal and AP-Loss variants; the GHM variant exceeds 1e-8 from its
-    # fifth step on (not root-caused yet, see the README's known limits), so it runs four
-    for model, steps in (("retina_r50", 10), ("retina_r50_aploss", 10), ("retina_r50_ghm", 4)):
-        cmds.append((f"float64/{model}/train", [py, "align/train_diff.py", "--model", model, "--steps", str(steps),
-                                               "--no-checkpoint", "--out", str(Path(out) / "float64")]))
+    # training: ten steps of every variant in float64; in float32 (which reruns float64 for its floor) the
+    # AP-Loss variant is left out for the reason its float32 backward is
+    for dtype, models in (("float64", ("retina_r50", "retina_r50_aploss", "retina_r50_ghm")),
+                          ("float32", ("retina_r50", "retina_r50_ghm"))):
+        for model in models:
+            cmds.append((f"{dtype}/{model}/train", [py, "align/train_diff.py", "--model", model, "--steps", "10",
+                                                   "--dtype", dtype, "--no-checkpoint", "--out", str(Path(out) / dtype)]))
     return cmds
 
 
@@ -78,9 +80,13 @@ def check_keys(summary):
             bad.append(name)
         # float32 loss keys: loss_runner applies the noise floor after removing what GHM's documented
         # rebinning explains, which a plain re-check cannot reproduce; their own verdict stands
+        elif summary.get("dtype") == "float32" and st.get("judged_on", "").startswith("float64"):
+            if st.get("float64_max_rel", float("inf")) > fp64_limit:
+                bad.append(name)
         elif summary.get("dtype") == "float32" and "noise_floor" in st \
                 and not summary.get("check", "").startswith("loss"):
-            if st["max_abs"] > THRESHOLDS["float32_noise_multiple"] * st["noise_floor"]:
+            if st["max_abs"] > THRESHOLDS["float32_noise_multiple"] * st["noise_floor"] \
+                    or st.get("float64_max_rel", 0.0) > fp64_limit:
                 bad.append(name)
     return bad
 

@@ -49,6 +49,8 @@ def render_table(summary):
         note = ""
         if "shape_mismatch" in st:
             note = f"  shapes {st['shape_mismatch'][0]} vs {st['shape_mismatch'][1]}"
+        elif "judged_on" in st:
+            note = f"  (judged on {st['judged_on']})"
         lines.append(f"{name:<{width}}  {row}  {'ok' if st['passed'] else 'FAIL'}{note}")
     for extra_key in ("unmatched", "notes"):
         if summary.get(extra_key):
@@ -57,12 +59,15 @@ def render_table(summary):
     return "\n".join(lines) + "\n"
 
 
-def rule_text(dtype):
+def rule_text(dtype, fp64_max_rel=None):
+    """The verdict rule in words; fp64_max_rel: the float64 limit the check applied (default FP64_MAX_REL)."""
     from align import compare
+    fp64 = compare.FP64_MAX_REL if fp64_max_rel is None else fp64_max_rel
     if dtype == "float64":
-        return f"float64: max_rel <= {compare.FP64_MAX_REL:g} for every key"
+        return f"float64: max_rel <= {fp64:g} for every key"
     return (f"float32: max_abs <= {compare.NOISE_MULTIPLE:g} x max(min(noise_torch, noise_paddle), "
-            f"{compare.ULP_FLOOR:.3g} x max|ref|), noise = each framework's float32-vs-float64 error")
+            f"{compare.ULP_FLOOR:.3g} x max|ref|), noise = each framework's float32-vs-float64 error; "
+            f"the float64 runs within max_rel {fp64:g}")
 
 
 def worst_key(summary, skip=lambda stats: False):
@@ -71,11 +76,13 @@ def worst_key(summary, skip=lambda stats: False):
     return max(rows, key=lambda kv: kv[1]) if rows else ("", 0.0)
 
 
-def write_report(out_dir, check, dtype, torch_log, paddle_log, results, order=None, extra=None):
+def write_report(out_dir, check, dtype, torch_log, paddle_log, results, order=None, extra=None,
+                 fp64_max_rel=None):
     """Write the three report files and return the summary dict.
 
     results: {key: stats dict with at least 'passed'}; order: keys in execution order (first divergence
-    is the first failing key in that order); extra: more fields for summary.json.
+    is the first failing key in that order); extra: more fields for summary.json; fp64_max_rel: the float64
+    limit the results were checked against, for the rule text (default compare.FP64_MAX_REL).
     """
     if set(torch_log) != set(paddle_log):
         raise ValueError("torch and paddle logs must have identical key sets; differing: "
@@ -89,7 +96,7 @@ def write_report(out_dir, check, dtype, torch_log, paddle_log, results, order=No
         "passed": bool(all(r["passed"] for r in results.values())) and bool(results),
         "dtype": dtype,
         "first_divergence": first,
-        "rule": rule_text(dtype),
+        "rule": rule_text(dtype, fp64_max_rel),
         "num_keys": len(results),
         "keys": {k: results[k] for k in order if k in results},
     }

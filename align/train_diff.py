@@ -6,7 +6,11 @@
 Per step it logs the total loss and each term, the learning rate, the gradient norm and global parameter
 statistics, plus the loss modules' state (GHM acc_sum). Recipe: align/training.py. float64: every logged
 value within max_rel 1e-8 at every step; float32: the same values are also run in float64 on both sides and
-the report shows, step by step, the cross-framework difference next to each framework's float32 noise.
+the report shows, step by step, the cross-framework difference next to each framework's float32 noise. The
+float32 verdict: the float64 twins agree within 1e-8 at every step, and the first step (same weights, same
+batch) passes the noise-floor rule. Later steps are reported, not judged, against the floor: from the first
+update on, each trajectory carries its own amplified rounding (GHM rebins, ReLU masks move), so the smaller
+noise stops being a bound for the cross difference, and the larger one is one by construction.
 BatchNorm runs with frozen statistics (norm_eval, as RetinaNet trains), so Paddle's biased vs torch's
 unbiased running-variance update does not arise; the report says so.
 Writes DIR/<model>/train/{torch.npy, paddle.npy, diff.txt, summary.json, curves.png}. While it runs,
@@ -28,8 +32,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from align.atomic import atomic_path  # noqa: E402
-from align.compare import FP64_TRAIN_MAX_REL, compare_runs, check_float64  # noqa: E402
-from align.report import write_report  # noqa: E402
+from align.compare import FP64_TRAIN_MAX_REL, compare_runs  # noqa: E402
+from align.report import rule_text, write_report  # noqa: E402
 from align.runtime import configure_frameworks  # noqa: E402
 from align.train_data import first_batches  # noqa: E402
 from align.training import (TRAIN_MODELS, PaddleTrainer, Recipe, TorchTrainer, build_training_pair,  # noqa: E402
@@ -63,9 +67,27 @@ class Side:
         return values
 
 
+def _rename_prefixes(state, names):
+    """Keys of an optimizer state that start with a parameter's name + '_' get the mapped name instead."""
+    out = {}
+    for key, value in state.items():
+        old = max((n for n in names if key.startswith(n + "_")), key=len, default=None)
+        out[key if old is None else names[old] + key[len(old):]] = value
+    return out
+
+
+def _opt_state(side):
+    """Paddle keys its optimizer state by generated parameter names (conv2d_154.w_0_velocity_0), which depend
+    on how many layers the process built before: the checkpoint stores structured names instead."""
+    state = side.trainer.opt.state_dict()
+    if side.fw == "paddle":
+        state = _rename_prefixes(state, {p.name: n for n, p in side.model.named_parameters()})
+    return state
+
+
 def _state(side):
     return {"model": side.model.state_dict(), "loss": side.loss.state_dict(),
-            "opt": side.trainer.opt.state_dict(), "seconds": side.seconds}
+            "opt": _opt_state(side), "seconds": side.seconds}
 
 
 def train(name, steps, dtype, data, seed, ckpt=None, resume=False, progress=True):
@@ -104,11 +126,22 @@ def _load_state(side, st):
     else:
         side.model.set_state_dict(st["model"])
         side.loss.set_state_dict(st["loss"])
-        side.trainer.opt.set_state_dict(st["opt"])
+        side.trainer.opt.set_state_dict(
+            _rename_prefixes(st["opt"], {n: p.name for n, p in side.model.named_parameters()}))
     side.seconds = st["seconds"]
 
 
-def plot_curves(path, t_log, p_log, steps, title):
+def judge_later_steps_on_float64(results):
+    """float32 keys after the first step: passed iff the float64 twins agree (see the module docstring)."""
+    for key, st in results.items():
+        if not key.startswith("step000.") and "float64_max_rel" in st:
+            st["judged_on"] = "float64 twins (float32 difference reported)"
+            st["passed"] = bool(st["float64_max_rel"] <= FP64_TRAIN_MAX_REL)
+
+
+def plot_curves(path, t_log, p_log, steps, title, t64=None, p64=None):
+    """Loss curves of both frameworks, and |torch - paddle| per term on a log scale; given the float64 runs
+    (float32 reports), also each framework's float32 noise on the total loss, the floor it is measured against."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -121,6 +154,10 @@ def plot_curves(path, t_log, p_log, steps, title):
         axes[0].plot(x, series(p_log, k), "--x", label=f"paddle {k}")
         diff = np.abs(series(t_log, k) - series(p_log, k))
         axes[1].semilogy(x, np.maximum(diff, 1e-18), "-o", label=k)
+    if t64 is not None:
+        for fw, log, log64 in (("torch", t_log, t64), ("paddle", p_log, p64)):
+            noise = np.abs(series(log, "loss") - series(log64, "loss"))
+            axes[1].semilogy(x, np.maximum(noise, 1e-18), ":", label=f"{fw} float32 noise (loss)")
     axes[0].set(title=f"{title}: losses", xlabel="step")
     axes[1].set(title="|torch - paddle| (log scale)", xlabel="step")
     for ax in axes:
@@ -136,23 +173,32 @@ def run(name, steps=10, dtype="float64", data=None, out="reports", seed=0, resum
     out_dir = Path(out) / name / "train"
     ckpts = [out_dir / f"checkpoint_{dtype}.pkl"]
     t, p, sec = train(name, steps, dtype, data, seed, ckpts[0] if checkpoint else None, resume)
-    if dtype == "float64":
-        results = OrderedDict((k, check_float64(t[k], p[k], FP64_TRAIN_MAX_REL)) for k in t if k in p)
-    else:
+    t64 = p64 = None
+    if dtype == "float32":
         ckpts.append(out_dir / "checkpoint_float64.pkl")
         t64, p64, _ = train(name, steps, "float64", data, seed, ckpts[1] if checkpoint else None, resume)
-        results = compare_runs(dtype, t, p, t64, p64)
+    results = compare_runs(dtype, t, p, t64, p64, fp64_max_rel=FP64_TRAIN_MAX_REL)
+    if dtype == "float32":
+        judge_later_steps_on_float64(results)
     if not keep_checkpoint:
         for ckpt in ckpts:
             ckpt.unlink(missing_ok=True)
-    plot_curves(out_dir / "curves.png", t, p, steps, f"{name} ({dtype})")
-    growth = [max(v["max_rel"] for k, v in results.items() if k.startswith(f"step{i:03d}.")) for i in range(steps)]
+    plot_curves(out_dir / "curves.png", t, p, steps, f"{name} ({dtype})", t64, p64)
+    per_step = lambda field: [max(v.get(field, 0.0) for k, v in results.items()  # noqa: E731
+                                  if k.startswith(f"step{i:03d}.")) for i in range(steps)]
+    growth = {"worst_max_rel_per_step": per_step("max_rel")}
+    if dtype == "float32":
+        growth.update(worst_ratio_to_floor_per_step=per_step("ratio_to_floor"),
+                      worst_float64_max_rel_per_step=per_step("float64_max_rel"),
+                      rule=rule_text(dtype, FP64_TRAIN_MAX_REL) + "; the noise-floor part at step 0 only, later "
+                      "steps pass iff their float64 twins agree (their float32 difference is reported)")
     summary = write_report(str(out_dir), f"train:{name}", dtype, {k: t[k] for k in results},
                            {k: p[k] for k in results}, results, order=list(results),
                            extra={"model": name, "steps": steps, "seed": seed, "recipe": vars(Recipe()),
-                                  "worst_max_rel_per_step": growth,
+                                  **growth,
                                   "seconds_per_step": sec, "paddle_over_torch_time": sec["paddle"] / sec["torch"],
-                                  "notes": BN_NOTE, "plot": "curves.png"})
+                                  "notes": BN_NOTE, "plot": "curves.png"},
+                           fp64_max_rel=FP64_TRAIN_MAX_REL)
     return summary
 
 

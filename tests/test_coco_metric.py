@@ -118,3 +118,18 @@ def test_prediction_diff():
                                    "max_score_diff": pytest.approx(0.05), "label_mismatches": 1}
     same = prediction_diff(t, copy.deepcopy(t))
     assert same["matched"] == 3 and same["max_box_diff"] == 0 and same["label_mismatches"] == 0
+
+
+def test_prediction_diff_pairs_twins_not_lookalikes():
+    """Untrained detectors emit zero-area boxes (IoU 0 with themselves) and one box under several classes:
+    each detection must still pair with its twin, not with a same-box detection of another class."""
+    box = [10, 10, 30, 20]
+    t = [{"image_id": 1, "category_id": 1, "bbox": box, "score": 0.9},
+         {"image_id": 1, "category_id": 2, "bbox": box, "score": 0.8},
+         {"image_id": 1, "category_id": 2, "bbox": [40, 40, 0, 0], "score": 0.7}]
+    p = [{"image_id": 1, "category_id": 2, "bbox": [40, 40, 0, 0], "score": 0.7},
+         {"image_id": 1, "category_id": 2, "bbox": box, "score": 0.8},
+         {"image_id": 1, "category_id": 1, "bbox": [10, 10, 30, 20.5], "score": 0.9}]
+    d = prediction_diff(t, p)
+    assert (d["matched"], d["unmatched_torch"], d["label_mismatches"]) == (3, 0, 0)
+    assert d["max_box_diff"] == pytest.approx(0.5) and d["max_score_diff"] == 0
