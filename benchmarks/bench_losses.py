@@ -146,27 +146,16 @@ class Torch:
         from torch_ref.losses.ghm import GHMC
         self.torch, self.ap_loss, self.ghmc = torch, ap_loss, GHMC()
 
-    def tensor(self, array, grad=False):
-        return self.torch.tensor(array, requires_grad=grad)
+    def tensors(self, logits, *rest):
+        """Inputs converted once, outside the timing: the logits as a leaf that collects the gradient."""
+        return (self.torch.tensor(logits, requires_grad=True),) + tuple(self.torch.tensor(a) for a in rest)
 
-    def value_and_grad(self, fn, logits, *args):
-        x = self.tensor(logits, grad=True)
+    @staticmethod
+    def value_and_grad(fn, x, *args):
+        x.grad = None
         loss = fn(x, *args)
         loss.backward()
         return loss.item(), x.grad.numpy()
-
-    def ap_ours(self, logits, targets):
-        return self.value_and_grad(self.ap_loss, logits, self.tensor(targets))
-
-    def ap_loop(self, logits, targets):
-        loss, grad = torch_ap_loop(self.tensor(logits), self.tensor(targets))
-        return loss.item(), grad.numpy()
-
-    def ghmc_ours(self, pred, target, weight):
-        return self.value_and_grad(self.ghmc, pred, self.tensor(target), self.tensor(weight))
-
-    def ghmc_loop(self, pred, target, weight):
-        return self.value_and_grad(torch_ghmc_loop, pred, self.tensor(target), self.tensor(weight))
 
 
 class Paddle:
@@ -179,27 +168,30 @@ class Paddle:
         paddle.set_device("cpu")
         self.paddle, self.ap_loss, self.ghmc = paddle, ap_loss, GHMC()
 
-    def tensor(self, array, grad=False):
-        return self.paddle.to_tensor(array, stop_gradient=not grad)
+    def tensors(self, logits, *rest):
+        return (self.paddle.to_tensor(logits, stop_gradient=False),) + tuple(self.paddle.to_tensor(a) for a in rest)
 
-    def value_and_grad(self, fn, logits, *args):
-        x = self.tensor(logits, grad=True)
+    @staticmethod
+    def value_and_grad(fn, x, *args):
+        x.clear_gradient(False)
         loss = fn(x, *args)
         loss.backward()
         return loss.item(), x.grad.numpy()
 
-    def ap_ours(self, logits, targets):
-        return self.value_and_grad(self.ap_loss, logits, self.tensor(targets))
 
-    def ap_loop(self, logits, targets):
-        loss, grad = paddle_ap_loop(self.tensor(logits), self.tensor(targets))
-        return loss.item(), grad.numpy()
+def as_result(loss, grad):
+    return loss.item(), grad.numpy()
 
-    def ghmc_ours(self, pred, target, weight):
-        return self.value_and_grad(self.ghmc, pred, self.tensor(target), self.tensor(weight))
 
-    def ghmc_loop(self, pred, target, weight):
-        return self.value_and_grad(paddle_ghmc_loop, pred, self.tensor(target), self.tensor(weight))
+def variants(fw):
+    """{(loss, 'ours'|'loop'): fn(tensors) -> (value, gradient as numpy)} of one framework adapter."""
+    loops = {"torch": (torch_ap_loop, torch_ghmc_loop), "paddle": (paddle_ap_loop, paddle_ghmc_loop)}[fw.name]
+    return {
+        ("ap", "ours"): lambda x, t: fw.value_and_grad(fw.ap_loss, x, t),
+        ("ap", "loop"): lambda x, t: as_result(*loops[0](x.detach(), t)),
+        ("ghmc", "ours"): lambda x, t, w: fw.value_and_grad(fw.ghmc, x, t, w),
+        ("ghmc", "loop"): lambda x, t, w: fw.value_and_grad(loops[1], x, t, w),
+    }
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -258,14 +250,15 @@ def run(quick, seed=0):
     for loss, (key, make) in cases.items():
         args = make(np.random.default_rng(seed + 1), QUICK, np.float64)
         for fw in frameworks:
-            check_same(f"{loss} {fw.name} float64", getattr(fw, key + "_ours")(*args),
-                       getattr(fw, key + "_loop")(*args), 1e-9)
+            fns, tensors = variants(fw), fw.tensors(*args)
+            check_same(f"{loss} {fw.name} float64", fns[key, "ours"](*tensors), fns[key, "loop"](*tensors), 1e-9)
     rows = []
     for loss, (key, make) in cases.items():
         args = make(rng, sizes, np.float32)
         for fw in frameworks:
-            t_ours, ours = timed(getattr(fw, key + "_ours"), args, repeats=3)
-            t_loop, loop = timed(getattr(fw, key + "_loop"), args, repeats=3 if quick else 2)
+            fns, tensors = variants(fw), fw.tensors(*args)
+            t_ours, ours = timed(fns[key, "ours"], tensors, repeats=3)
+            t_loop, loop = timed(fns[key, "loop"], tensors, repeats=3 if quick else 2)
             err = check_same(f"{loss} {fw.name} float32", ours, loop, FLOAT32_TOL)
             rows.append({"loss": loss, "framework": fw.name, "ours": t_ours, "loop": t_loop,
                          "speedup": t_loop / t_ours, "max_rel": err})

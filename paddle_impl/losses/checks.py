@@ -1,8 +1,11 @@
 """Input validation shared by the Paddle losses; torch_ref/losses/checks.py raises the same messages.
 
-Every check raises ValueError naming the offending argument. Finiteness and range checks read one
-boolean per argument back to the host (one sync per argument, never per element or bin).
+Every check raises ValueError naming the offending argument. Value checks (finiteness, range) read one
+or two numbers per argument back to the host (one sync per argument, never per element or bin) and make
+one pass over it: a sum, or a min/max that proves finiteness and range at once.
 """
+import math
+
 import paddle
 
 REDUCTIONS = ("none", "mean", "sum")
@@ -38,36 +41,55 @@ def check_tensor(name, x):
         raise ValueError(f"{name} must be a tensor, got {type(x).__name__}")
 
 
-def check_float(name, x, ndim=None):
-    """A finite floating-point tensor (with `ndim` dimensions when given)."""
+def check_float(name, x, ndim=None, low=None, high=None, high_inclusive=True):
+    """A finite floating-point tensor (with `ndim` dimensions when given; within [low, high] when given)."""
     check_tensor(name, x)
     if not paddle.is_floating_point(x):
         raise ValueError(f"{name} must be a floating-point tensor, got {dtype_name(x)}")
     if ndim is not None and x.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {shape_of(x)}")
-    # fast path: a finite sum proves every element finite (NaN and Inf propagate); an overflowing sum of
-    # finite values falls back to the elementwise test
-    if not bool(paddle.isfinite(x.sum())) and not bool(paddle.isfinite(x).all()):
+    check_values(name, x, low, high, high_inclusive)
+
+
+def check_values(name, x, low=None, high=None, high_inclusive=True):
+    """Every element finite and, when bounds are given, within them. Unbounded: a finite sum proves every
+    element finite (NaN and Inf propagate; an overflowing sum of finite values falls back to the elementwise
+    test). Bounded: min and max are NaN if any element is and infinite if any is, so the one min/max pass
+    that checks the range proves finiteness too."""
+    if x.size == 0:
+        return
+    if low is None and high is None:
+        if not bool(paddle.isfinite(x.sum())) and not bool(paddle.isfinite(x).all()):
+            raise ValueError(f"{name} contains NaN or Inf")
+        return
+    lo, hi = paddle.stack([x.min(), x.max()]).tolist()
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"{name} contains NaN or Inf")
+    if low is not None and not lo >= low:
+        raise ValueError(f"{name} must be >= {low:g}")
+    if high is not None and not ((hi <= high) if high_inclusive else (hi < high)):
+        raise ValueError(f"{name} must be {'<=' if high_inclusive else '<'} {high:g}")
 
 
-def check_like(name, x, ref_name, ref, same_shape=True):
-    """A finite float tensor with the dtype (and shape) of `ref`."""
-    check_float(name, x)
+def check_like(name, x, ref_name, ref, same_shape=True, low=None, high=None, high_inclusive=True):
+    """A finite float tensor with the dtype (and shape) of `ref`, within [low, high] when given."""
+    check_tensor(name, x)
+    if not paddle.is_floating_point(x):
+        raise ValueError(f"{name} must be a floating-point tensor, got {dtype_name(x)}")
     if x.dtype != ref.dtype:
         raise ValueError(f"{name} must have the dtype of {ref_name} ({dtype_name(ref)}), got {dtype_name(x)}")
     if same_shape and shape_of(x) != shape_of(ref):
         raise ValueError(f"{name} must have the shape of {ref_name} {shape_of(ref)}, got {shape_of(x)}")
+    check_values(name, x, low, high, high_inclusive)
 
 
 def check_weight(name, weight, ref_name, shape, ref):
     """An optional non-negative weight with ref's dtype that broadcasts to `shape`."""
     if weight is None:
         return
-    check_like(name, weight, ref_name, ref, same_shape=False)
+    check_like(name, weight, ref_name, ref, same_shape=False, low=0.0)
     if not broadcasts_to(shape_of(weight), tuple(shape)):
         raise ValueError(f"{name} of shape {shape_of(weight)} does not broadcast to {tuple(shape)}")
-    check_range(name, weight, low=0.0)
 
 
 def check_integer(name, x, ndim=None):
@@ -76,18 +98,6 @@ def check_integer(name, x, ndim=None):
         raise ValueError(f"{name} must be an int32 or int64 tensor, got {dtype_name(x)}")
     if ndim is not None and x.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {shape_of(x)}")
-
-
-def check_range(name, x, low=None, high=None, high_inclusive=True):
-    """low <= x (<= or <) high, elementwise (one min/max reduction each); the message names the bounds."""
-    if x.size == 0:
-        return
-    if low is not None and not bool(x.min() >= low):
-        raise ValueError(f"{name} must be >= {low:g}")
-    if high is not None:
-        top = x.max()
-        if not bool((top <= high) if high_inclusive else (top < high)):
-            raise ValueError(f"{name} must be {'<=' if high_inclusive else '<'} {high:g}")
 
 
 def check_pair(pred, target, weight, reduction):

@@ -15,8 +15,7 @@ def sigmoid_focal_loss(pred, target, weight=None, alpha=0.25, gamma=2.0, reducti
     """
     checks.check_reduction(reduction)
     checks.check_float("pred", pred)
-    checks.check_like("target", target, "pred", pred)
-    checks.check_range("target", target, 0.0, 1.0)
+    checks.check_like("target", target, "pred", pred, low=0.0, high=1.0)
     checks.check_weight("weight", weight, "pred", pred.shape, pred)
     target = target.detach()
     p = F.sigmoid(pred)

@@ -2,8 +2,8 @@
 
 Bins use float32 edges arange(bins + 1) / bins (last edge + 1e-6 for GHM-C, 1e3 for GHM-R) cast to the
 input dtype; element i lands in bin k iff edges[k] <= g < edges[k + 1]. bin_index finds k without a search
-(see there); counts come from one bincount, so there is no per-bin loop and no host sync. Bin index `bins`
-means "no bin" (ignored element): it indexes an extra slot of weight 0.
+(see bin_slot); counts come from one bincount, so there is no per-bin loop and no host sync. Slots past the
+bins mean "no bin" (ignored elements): they index entries of weight 0 in the per-slot weight table.
 
 GHM-C's gradient w.r.t. the logits is the closed form (sigmoid(pred) - target) * weight / tot, from the
 sigmoid the binning needs anyway (a paddle.autograd.PyLayer): autograd through a written-out BCE would cost
@@ -38,54 +38,63 @@ def upper_edges(edges):
     return upper
 
 
-def bin_index(g, upper, bins, valid):
-    """Bin k of each element (edges[k] <= g < edges[k + 1]); `bins` for ignored elements and g >= the last edge.
+def bin_slot(g, upper, bins):
+    """Slot of each element: its bin k (edges[k] <= g < edges[k + 1]) for 0 <= g < the last edge; a slot >= bins
+    ("no bin") for g >= the last edge and for ignored elements, which the caller moved to g = IGNORED_G.
 
     For 0 <= g <= 1 and edges[k] = float32(k / bins) (k < bins), j = floor(g * bins * (1 - 2^-20)) is k or
     k - 1: the factor 1 - 2^-20 outweighs the float32 rounding of the edges and of the product (2^-23), so j
     never passes k, and it is too close to 1 to lose a whole bin. One comparison with the next edge, upper[j],
-    settles it: exact in both dtypes, with no search. Ignored elements are moved to g >= IGNORED_G, whose j points
-    past the table's edges (+inf); the clamp sends them, and g >= the last edge, to `bins`.
+    settles it: exact in both dtypes, with no search. For g = IGNORED_G, j points past the edges (+inf) and
+    stays there. int32 slots: half the memory traffic of int64 in the passes that follow.
     """
-    g = g + (~valid).astype(g.dtype) * IGNORED_G       # cheaper than paddle.where on CPU
-    j = (g * (bins * SHRINK)).astype("int32")               # truncation = floor, as g >= 0
-    j += (g >= paddle.gather(upper.astype(g.dtype), j.flatten()).reshape(j.shape)).astype("int32")
-    return j.clip(max=bins)
+    j = (g * (bins * SHRINK)).astype("int32")             # truncation = floor, as g >= 0
+    return j.add_((g >= paddle.gather(upper.astype(g.dtype), j.flatten()).reshape(j.shape)).astype("int32"))
 
 
-def harmonizing_weights(idx, bins, tot, acc_sum, momentum):
-    """Per-element weights tot / num_in_bin (or tot / acc_sum with momentum), divided by the number of
-    non-empty bins, and the updated acc_sum. All inputs are detached; tot and acc_sum carry the dtype."""
-    counts = paddle.bincount(idx.flatten(), minlength=bins + 1)
-    nonempty = counts[:bins] > 0
-    num = counts[:bins].astype(tot.dtype)
-    zero = paddle.zeros_like(num)
+def bin_index(g, upper, bins, valid):
+    """Bin k of each element, `bins` for ignored elements and g >= the last edge (see bin_slot)."""
+    return bin_slot(paddle.where(valid, g, paddle.full_like(g, IGNORED_G)), upper, bins).clip(max=bins).astype("int64")
+
+
+def slot_weights(slot, num_slots, bins, acc_sum, momentum):
+    """Weight of each slot (a table for gather) and the updated acc_sum.
+
+    mmdetection weighs an element of bin k by tot / num_k (tot / acc_sum_k with momentum) / n, n the number
+    of non-empty bins, and divides the weighted sum by tot: tot cancels, so the table holds 1 / (num_k * n)
+    (1 / (acc_sum_k * n)) for non-empty bins and 0 for empty bins and every "no bin" slot. acc_sum carries
+    the dtype; everything is detached."""
+    counts = paddle.bincount(slot.flatten(), minlength=num_slots)[:bins]
+    nonempty = counts > 0
+    num = counts.astype(acc_sum.dtype)
     if momentum > 0:
         acc_sum = paddle.where(nonempty, momentum * acc_sum + (1 - momentum) * num, acc_sum)
     denom = acc_sum if momentum > 0 else num
-    per_bin = paddle.where(nonempty, tot / paddle.where(nonempty, denom, paddle.ones_like(num)), zero)
-    per_bin = per_bin / nonempty.sum().astype(tot.dtype).clip(min=1)
-    per_bin = paddle.concat([per_bin, zero[:1]])      # the "no bin" slot
-    return paddle.gather(per_bin, idx.flatten()).reshape(idx.shape), acc_sum
+    n = nonempty.sum().astype(acc_sum.dtype).clip(min=1)
+    ones = paddle.ones_like(num)
+    per_bin = paddle.where(nonempty, 1 / (paddle.where(nonempty, denom, ones) * n), paddle.zeros_like(num))
+    return paddle.concat([per_bin, paddle.zeros([num_slots - bins], dtype=per_bin.dtype)]), acc_sum
 
 
 class HarmonizedBCE(paddle.autograd.PyLayer):
-    """sum(weight * BCE-with-logits(pred, target)) / tot; gradient w.r.t. pred only, in closed form from
-    diff = sigmoid(pred) - target: diff * weight / tot. weight, diff and tot are detached.
+    """sum(weight * BCE-with-logits(pred, target)); gradient w.r.t. pred only, in closed form from
+    diff = sigmoid(pred) - target: diff * weight. weight and diff are detached.
 
-    BCE = log1p(exp(-|x|)) + (relu(x) - x t): accurate for confident logits (1 + e^-|x| is never rounded)."""
+    BCE = log1p(exp(-|x|)) + relu(x) - x t: accurate for confident logits (1 + e^-|x| is never rounded).
+    In place where Paddle allows: a fresh anchors x classes buffer costs Paddle's CPU kernels ~20 ms, more
+    than most elementwise passes."""
 
     @staticmethod
-    def forward(ctx, pred, target, diff, weight, tot):
-        ctx.save_for_backward(diff, weight, tot)
-        bce = paddle.log1p(paddle.exp(-pred.abs()))
-        bce += paddle.nn.functional.relu(pred) - pred * target
-        return (weight * bce).sum() / tot
+    def forward(ctx, pred, target, diff, weight):
+        ctx.save_for_backward(diff, weight)
+        bce = pred.abs().neg_().exp_().log1p_()
+        bce.add_(F.relu(pred)).subtract_(pred * target)
+        return bce.multiply_(weight).sum()
 
     @staticmethod
     def backward(ctx, grad_out):
-        diff, weight, tot = ctx.saved_tensor()
-        return diff * weight * (grad_out / tot), None, None, None, None
+        diff, weight = ctx.saved_tensor()
+        return (diff * weight).multiply_(grad_out), None, None, None
 
 
 def _check_config(bins, momentum):
@@ -104,12 +113,14 @@ class _GHMBase(nn.Layer):
         self.register_buffer("upper", upper_edges(self.edges), persistable=False)
         self.register_buffer("acc_sum", paddle.zeros([bins], dtype="float32"), persistable=True)
 
-    def _weights(self, g, valid, tot):
-        idx = bin_index(g, self.upper, self.bins, valid)
-        weights, acc_sum = harmonizing_weights(idx, self.bins, tot, self.acc_sum.astype(tot.dtype), self.momentum)
+    def _weights(self, g, invalid):
+        """Per-element weight / tot (see slot_weights) from g (overwritten) and the ignore mask."""
+        slot = bin_slot(g.masked_fill_(invalid, IGNORED_G), self.upper, self.bins)
+        table, acc_sum = slot_weights(slot, self.upper.shape[0], self.bins, self.acc_sum.astype(g.dtype),
+                                      self.momentum)
         if self.momentum > 0:
             self.acc_sum = acc_sum
-        return weights
+        return paddle.gather(table, slot.flatten()).reshape(slot.shape)
 
 
 class GHMC(_GHMBase):
@@ -117,7 +128,7 @@ class GHMC(_GHMBase):
 
     forward(pred (N, C) logits, target, label_weight): target is float (N, C) in [0, 1] or integer labels
     (N,) (labels in [0, C) are classes, anything else background -> all-zero row); label_weight is (N, C)
-    or (N,) (broadcast over classes). tot = number of elements with label_weight > 0 (at least 1).
+    or (N,) (broadcast over classes). tot = number of elements with label_weight > 0 (at least 1); it cancels (see slot_weights).
     """
 
     def __init__(self, bins=10, momentum=0.0, use_sigmoid=True, loss_weight=1.0):
@@ -131,19 +142,17 @@ class GHMC(_GHMBase):
         n, c = checks.shape_of(pred)
         checks.check_tensor("target", target)
         if paddle.is_floating_point(target):
-            checks.check_like("target", target, "pred", pred)
-            checks.check_range("target", target, 0.0, 1.0)
+            checks.check_like("target", target, "pred", pred, low=0.0, high=1.0)
         else:
             checks.check_integer("target", target, ndim=1)
             if target.shape[0] != n:
                 raise ValueError(f"target labels must have shape ({n},), got {checks.shape_of(target)}")
             target = (target.unsqueeze(1) == paddle.arange(c, dtype=target.dtype)).astype(pred.dtype)
-        checks.check_like("label_weight", label_weight, "pred", pred, same_shape=False)
+        checks.check_like("label_weight", label_weight, "pred", pred, same_shape=False, low=0.0)
         if checks.shape_of(label_weight) == (n,):
             label_weight = label_weight.unsqueeze(1).expand([n, c])
         elif checks.shape_of(label_weight) != (n, c):
             raise ValueError(f"label_weight must have shape ({n}, {c}) or ({n},), got {checks.shape_of(label_weight)}")
-        checks.check_range("label_weight", label_weight, low=0.0)
         return target.detach(), label_weight.detach()
 
     def bin_index(self, pred, target, label_weight):
@@ -154,18 +163,16 @@ class GHMC(_GHMBase):
 
     def forward(self, pred, target, label_weight):
         target, label_weight = self._prepare(pred, target, label_weight)
-        diff = F.sigmoid(pred.detach()) - target         # g = |diff|; also the BCE's gradient
-        valid = label_weight > 0
-        tot = valid.sum().astype(pred.dtype).clip(min=1)
-        weights = self._weights(diff.abs(), valid, tot)
-        return HarmonizedBCE.apply(pred, target, diff, weights, tot) * self.loss_weight
+        diff = F.sigmoid(pred.detach()).subtract_(target)    # g = |diff|; also the BCE's gradient
+        weights = self._weights(diff.abs(), label_weight <= 0)
+        return HarmonizedBCE.apply(pred, target, diff, weights) * self.loss_weight
 
 
 class GHMR(_GHMBase):
     """GHM-R(mu=0.02, bins=10, momentum=0, loss_weight=1.0) on ASL1 = sqrt(d^2 + mu^2) - mu.
 
     forward(pred, target, label_weight), all of one shape (N, 4); g = |d| / sqrt(d^2 + mu^2) (detached);
-    tot = sum of label_weight (at least 1). label_weight only selects elements (> 0); it gets no gradient.
+    tot = sum of label_weight (at least 1; it cancels, see slot_weights). label_weight only selects elements (> 0); it gets no gradient.
     """
 
     def __init__(self, mu=0.02, bins=10, momentum=0.0, loss_weight=1.0):
@@ -176,8 +183,7 @@ class GHMR(_GHMBase):
     def _prepare(self, pred, target, label_weight):
         checks.check_float("pred", pred)
         checks.check_like("target", target, "pred", pred)
-        checks.check_like("label_weight", label_weight, "pred", pred)
-        checks.check_range("label_weight", label_weight, low=0.0)
+        checks.check_like("label_weight", label_weight, "pred", pred, low=0.0)
         return label_weight.detach()
 
     def _root(self, diff):
@@ -199,6 +205,4 @@ class GHMR(_GHMBase):
         root = self._root(diff)
         loss = root - self.mu
         g, valid = self._bins(diff, root, label_weight)
-        tot = label_weight.sum().clip(min=1)
-        weights = self._weights(g, valid, tot)
-        return (loss * weights).sum() / tot * self.loss_weight
+        return (loss * self._weights(g, ~valid)).sum() * self.loss_weight

@@ -16,10 +16,8 @@ from .bce import bce_on_probabilities
 
 def varifocal_loss(pred_score, gt_score, label, alpha=0.75, gamma=2.0):
     """pred_score: probabilities (..., C); gt_score: IoU targets q in [0, 1]; label: one-hot (float/int)."""
-    checks.check_float("pred_score", pred_score)
-    checks.check_range("pred_score", pred_score, 0.0, 1.0)
-    checks.check_like("gt_score", gt_score, "pred_score", pred_score)
-    checks.check_range("gt_score", gt_score, 0.0, 1.0)
+    checks.check_float("pred_score", pred_score, low=0.0, high=1.0)
+    checks.check_like("gt_score", gt_score, "pred_score", pred_score, low=0.0, high=1.0)
     checks.check_tensor("label", label)
     if paddle.is_floating_point(label):
         checks.check_like("label", label, "pred_score", pred_score)
@@ -29,7 +27,7 @@ def varifocal_loss(pred_score, gt_score, label, alpha=0.75, gamma=2.0):
             raise ValueError(f"label must have the shape of pred_score {checks.shape_of(pred_score)}, "
                              f"got {checks.shape_of(label)}")
         label = label.astype(pred_score.dtype)
-    checks.check_range("label", label, 0.0, 1.0)
+    checks.check_values("label", label, 0.0, 1.0)
     gt_score, label = gt_score.detach(), label.detach()
     weight = alpha * pred_score.pow(gamma) * (1 - label) + gt_score * label
     return (bce_on_probabilities(pred_score, gt_score) * weight).sum()

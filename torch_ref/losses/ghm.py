@@ -2,8 +2,8 @@
 
 Bins use float32 edges arange(bins + 1) / bins (last edge + 1e-6 for GHM-C, 1e3 for GHM-R) cast to the
 input dtype; element i lands in bin k iff edges[k] <= g < edges[k + 1]. bin_index finds k without a search
-(see there); counts come from one bincount, so there is no per-bin loop and no host sync. Bin index `bins`
-means "no bin" (ignored element): it indexes an extra slot of weight 0.
+(see bin_slot); counts come from one bincount, so there is no per-bin loop and no host sync. Slots past the
+bins mean "no bin" (ignored elements): they index entries of weight 0 in the per-slot weight table.
 
 GHM-C's gradient w.r.t. the logits is the closed form (sigmoid(pred) - target) * weight / tot, from the
 sigmoid the binning needs anyway (a torch.autograd.Function): autograd through a written-out BCE would cost
@@ -37,54 +37,63 @@ def upper_edges(edges):
     return upper
 
 
-def bin_index(g, upper, bins, valid):
-    """Bin k of each element (edges[k] <= g < edges[k + 1]); `bins` for ignored elements and g >= the last edge.
+def bin_slot(g, upper, bins):
+    """Slot of each element: its bin k (edges[k] <= g < edges[k + 1]) for 0 <= g < the last edge; a slot >= bins
+    ("no bin") for g >= the last edge and for ignored elements, which the caller moved to g = IGNORED_G.
 
     For 0 <= g <= 1 and edges[k] = float32(k / bins) (k < bins), j = floor(g * bins * (1 - 2^-20)) is k or
     k - 1: the factor 1 - 2^-20 outweighs the float32 rounding of the edges and of the product (2^-23), so j
     never passes k, and it is too close to 1 to lose a whole bin. One comparison with the next edge, upper[j],
-    settles it: exact in both dtypes, with no search. Ignored elements are moved to g >= IGNORED_G, whose j points
-    past the table's edges (+inf); the clamp sends them, and g >= the last edge, to `bins`.
+    settles it: exact in both dtypes, with no search. For g = IGNORED_G, j points past the edges (+inf) and
+    stays there. int32 slots: half the memory traffic of int64 in the passes that follow.
     """
-    g = torch.where(valid, g, IGNORED_G)
-    j = (g * (bins * SHRINK)).long()                        # truncation = floor, as g >= 0
-    j += g >= torch.take(upper.to(g.dtype), j)
-    return j.clamp_(max=bins)
+    j = (g * (bins * SHRINK)).int()                       # truncation = floor, as g >= 0
+    j += g >= upper.to(g.dtype).index_select(0, j.reshape(-1)).reshape(j.shape)
+    return j
 
 
-def harmonizing_weights(idx, bins, tot, acc_sum, momentum):
-    """Per-element weights tot / num_in_bin (or tot / acc_sum with momentum), divided by the number of
-    non-empty bins, and the updated acc_sum. All inputs are detached; tot and acc_sum carry the dtype."""
-    counts = torch.bincount(idx.reshape(-1), minlength=bins + 1)
-    nonempty = counts[:bins] > 0
-    num = counts[:bins].to(tot.dtype)
-    zero = torch.zeros_like(num)
+def bin_index(g, upper, bins, valid):
+    """Bin k of each element, `bins` for ignored elements and g >= the last edge (see bin_slot)."""
+    return bin_slot(torch.where(valid, g, IGNORED_G), upper, bins).clamp_(max=bins).long()
+
+
+def slot_weights(slot, num_slots, bins, acc_sum, momentum):
+    """Weight of each slot (a table for index_select) and the updated acc_sum.
+
+    mmdetection weighs an element of bin k by tot / num_k (tot / acc_sum_k with momentum) / n, n the number
+    of non-empty bins, and divides the weighted sum by tot: tot cancels, so the table holds 1 / (num_k * n)
+    (1 / (acc_sum_k * n)) for non-empty bins and 0 for empty bins and every "no bin" slot. acc_sum carries
+    the dtype; everything is detached."""
+    counts = torch.bincount(slot.reshape(-1), minlength=num_slots)[:bins]
+    nonempty = counts > 0
+    num = counts.to(acc_sum.dtype)
     if momentum > 0:
         acc_sum = torch.where(nonempty, momentum * acc_sum + (1 - momentum) * num, acc_sum)
     denom = acc_sum if momentum > 0 else num
-    per_bin = torch.where(nonempty, tot / torch.where(nonempty, denom, torch.ones_like(num)), zero)
-    per_bin = per_bin / nonempty.sum().to(tot.dtype).clamp(min=1)
-    per_bin = torch.cat([per_bin, zero[:1]])          # the "no bin" slot
-    return torch.take(per_bin, idx), acc_sum
+    n = nonempty.sum().to(acc_sum.dtype).clamp(min=1)
+    per_bin = torch.where(nonempty, 1 / (torch.where(nonempty, denom, 1) * n), 0)
+    return torch.cat([per_bin, per_bin.new_zeros(num_slots - bins)]), acc_sum
 
 
 class HarmonizedBCE(torch.autograd.Function):
-    """sum(weight * BCE-with-logits(pred, target)) / tot; gradient w.r.t. pred only, in closed form from
-    diff = sigmoid(pred) - target: diff * weight / tot. weight, diff and tot are detached.
+    """sum(weight * BCE-with-logits(pred, target)); gradient w.r.t. pred only, in closed form from
+    diff = sigmoid(pred) - target: diff * weight. weight and diff are detached.
 
-    BCE = log1p(exp(-|x|)) + (relu(x) - x t): accurate for confident logits (1 + e^-|x| is never rounded)."""
+    BCE = log1p(exp(-|x|)) + relu(x) - x t: accurate for confident logits (1 + e^-|x| is never rounded).
+    Computed in place on one buffer: every fresh anchors x classes buffer costs page faults."""
 
     @staticmethod
-    def forward(ctx, pred, target, diff, weight, tot):
-        ctx.save_for_backward(diff, weight, tot)
-        bce = torch.log1p(torch.exp(-pred.abs()))
-        bce += pred.relu() - pred * target
-        return (weight * bce).sum() / tot
+    def forward(ctx, pred, target, diff, weight):
+        ctx.save_for_backward(diff, weight)
+        bce = pred.abs().neg_().exp_().log1p_()
+        bce.addcmul_(pred, target, value=-1)
+        bce += pred.clamp(min=0)
+        return bce.mul_(weight).sum()
 
     @staticmethod
     def backward(ctx, grad_out):
-        diff, weight, tot = ctx.saved_tensors
-        return diff * weight * (grad_out / tot), None, None, None, None
+        diff, weight = ctx.saved_tensors
+        return torch.mul(diff, weight).mul_(grad_out), None, None, None
 
 
 def _check_config(bins, momentum):
@@ -103,12 +112,13 @@ class _GHMBase(nn.Module):
         self.register_buffer("upper", upper_edges(self.edges), persistent=False)
         self.register_buffer("acc_sum", torch.zeros(bins))
 
-    def _weights(self, g, valid, tot):
-        idx = bin_index(g, self.upper, self.bins, valid)
-        weights, acc_sum = harmonizing_weights(idx, self.bins, tot, self.acc_sum.to(tot.dtype), self.momentum)
+    def _weights(self, g, invalid):
+        """Per-element weight / tot (see slot_weights) from g (overwritten) and the ignore mask."""
+        slot = bin_slot(g.masked_fill_(invalid, IGNORED_G), self.upper, self.bins)
+        table, acc_sum = slot_weights(slot, self.upper.numel(), self.bins, self.acc_sum.to(g.dtype), self.momentum)
         if self.momentum > 0:
             self.acc_sum = acc_sum
-        return weights
+        return table.index_select(0, slot.reshape(-1)).reshape(slot.shape)
 
 
 class GHMC(_GHMBase):
@@ -116,7 +126,7 @@ class GHMC(_GHMBase):
 
     forward(pred (N, C) logits, target, label_weight): target is float (N, C) in [0, 1] or integer labels
     (N,) (labels in [0, C) are classes, anything else background -> all-zero row); label_weight is (N, C)
-    or (N,) (broadcast over classes). tot = number of elements with label_weight > 0 (at least 1).
+    or (N,) (broadcast over classes). tot = number of elements with label_weight > 0 (at least 1); it cancels (see slot_weights).
     """
 
     def __init__(self, bins=10, momentum=0.0, use_sigmoid=True, loss_weight=1.0):
@@ -130,19 +140,17 @@ class GHMC(_GHMBase):
         n, c = checks.shape_of(pred)
         checks.check_tensor("target", target)
         if target.is_floating_point():
-            checks.check_like("target", target, "pred", pred)
-            checks.check_range("target", target, 0.0, 1.0)
+            checks.check_like("target", target, "pred", pred, low=0.0, high=1.0)
         else:
             checks.check_integer("target", target, ndim=1)
             if target.shape[0] != n:
                 raise ValueError(f"target labels must have shape ({n},), got {checks.shape_of(target)}")
             target = (target.unsqueeze(1) == torch.arange(c, device=target.device)).to(pred.dtype)
-        checks.check_like("label_weight", label_weight, "pred", pred, same_shape=False)
+        checks.check_like("label_weight", label_weight, "pred", pred, same_shape=False, low=0.0)
         if checks.shape_of(label_weight) == (n,):
             label_weight = label_weight.unsqueeze(1).expand(n, c)
         elif checks.shape_of(label_weight) != (n, c):
             raise ValueError(f"label_weight must have shape ({n}, {c}) or ({n},), got {checks.shape_of(label_weight)}")
-        checks.check_range("label_weight", label_weight, low=0.0)
         return target.detach(), label_weight.detach()
 
     def bin_index(self, pred, target, label_weight):
@@ -153,18 +161,16 @@ class GHMC(_GHMBase):
 
     def forward(self, pred, target, label_weight):
         target, label_weight = self._prepare(pred, target, label_weight)
-        diff = pred.detach().sigmoid() - target          # g = |diff|; also the BCE's gradient
-        valid = label_weight > 0
-        tot = valid.sum().to(pred.dtype).clamp(min=1)
-        weights = self._weights(diff.abs(), valid, tot)
-        return HarmonizedBCE.apply(pred, target, diff, weights, tot) * self.loss_weight
+        diff = pred.detach().sigmoid().sub_(target)           # g = |diff|; also the BCE's gradient
+        weights = self._weights(diff.abs(), label_weight <= 0)
+        return HarmonizedBCE.apply(pred, target, diff, weights) * self.loss_weight
 
 
 class GHMR(_GHMBase):
     """GHM-R(mu=0.02, bins=10, momentum=0, loss_weight=1.0) on ASL1 = sqrt(d^2 + mu^2) - mu.
 
     forward(pred, target, label_weight), all of one shape (N, 4); g = |d| / sqrt(d^2 + mu^2) (detached);
-    tot = sum of label_weight (at least 1). label_weight only selects elements (> 0); it gets no gradient.
+    tot = sum of label_weight (at least 1; it cancels, see slot_weights). label_weight only selects elements (> 0); it gets no gradient.
     """
 
     def __init__(self, mu=0.02, bins=10, momentum=0.0, loss_weight=1.0):
@@ -175,8 +181,7 @@ class GHMR(_GHMBase):
     def _prepare(self, pred, target, label_weight):
         checks.check_float("pred", pred)
         checks.check_like("target", target, "pred", pred)
-        checks.check_like("label_weight", label_weight, "pred", pred)
-        checks.check_range("label_weight", label_weight, low=0.0)
+        checks.check_like("label_weight", label_weight, "pred", pred, low=0.0)
         return label_weight.detach()
 
     def _root(self, diff):
@@ -198,6 +203,4 @@ class GHMR(_GHMBase):
         root = self._root(diff)
         loss = root - self.mu
         g, valid = self._bins(diff, root, label_weight)
-        tot = label_weight.sum().clamp(min=1)
-        weights = self._weights(g, valid, tot)
-        return (loss * weights).sum() / tot * self.loss_weight
+        return (loss * self._weights(g, ~valid)).sum() * self.loss_weight
