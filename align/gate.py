@@ -41,9 +41,9 @@ def regeneration_commands(out):
                                          "--out", str(base)]))
         cmds.append((f"{dtype}/data", [py, "align/data_diff.py", "--dtype", dtype, "--out", str(base),
                                        "--short-side", "128", "--max-size", "160"]))
-        # float32 AP-Loss backward is left out: its backbone gradients' float32 noise is heavy-tailed (most
-        # likely ReLU masks flipping under AP-Loss's few large gradients), so the noise-floor rule does not
-        # hold for it (see the README's known limits)
+        # float32 AP-Loss backward is left out: its backbone gradients' float32 noise is heavy-tailed (ReLU
+        # masks that flip between float32 and float64 under AP-Loss's few large gradients), so the
+        # noise-floor rule does not hold for it (see the README's known limits)
         models = ("retina_r50", "retina_r50_ghm", "retina_r50_aploss") if dtype == "float64" else \
             ("retina_r50", "retina_r50_ghm")
         for model in models:
