@@ -24,6 +24,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from align.compare import compare_runs  # noqa: E402
+from align.hooks import paddle_to_numpy, torch_to_numpy  # noqa: E402
 from align.report import worst_key, write_report  # noqa: E402
 from align.synthetic_coco import ensure_synthetic_coco  # noqa: E402
 
@@ -75,14 +76,12 @@ def run_data_diff(data=None, batches=2, batch_size=2, dtype="float64", seed=0, o
     if data is None:
         ensure_synthetic_coco(DEFAULT_DATA)
         data = DEFAULT_DATA
-    to_torch_np = lambda t: t.detach().cpu().numpy()  # noqa: E731
-    to_paddle_np = lambda t: t.numpy()  # noqa: E731
     t_loader, p_loader = _pipelines(data, batch_size, seed, dtype, short_side, max_size)
-    torch_log, paddle_log = collect(t_loader, batches, to_torch_np), collect(p_loader, batches, to_paddle_np)
+    torch_log, paddle_log = collect(t_loader, batches, torch_to_numpy), collect(p_loader, batches, paddle_to_numpy)
     torch64 = paddle64 = None
     if dtype == "float32":  # each framework's own float64 pipeline gives its rounding noise
         t64, p64 = _pipelines(data, batch_size, seed, "float64", short_side, max_size)
-        torch64, paddle64 = collect(t64, batches, to_torch_np), collect(p64, batches, to_paddle_np)
+        torch64, paddle64 = collect(t64, batches, torch_to_numpy), collect(p64, batches, paddle_to_numpy)
     results = compare_runs(dtype, torch_log, paddle_log, torch64, paddle64)
     only = sorted(set(torch_log) ^ set(paddle_log))
     common = [k for k in torch_log if k in paddle_log]

@@ -13,7 +13,7 @@ from collections import OrderedDict
 import numpy as np
 
 from align.compare import compare_runs
-from align.hooks import (_paddle_to_numpy, _torch_to_numpy, flatten_outputs, match_records,
+from align.hooks import (paddle_to_numpy, torch_to_numpy, flatten_outputs, match_records,
                          record_paddle, record_torch)
 from align.report import write_report
 
@@ -35,7 +35,7 @@ def run_torch(model, inputs, dtype, outputs_fn=None):
     seconds = time.perf_counter() - start
     records = rec.records()
     flat = []
-    flatten_outputs("output", outputs, _torch_to_numpy, flat)
+    flatten_outputs("output", outputs, torch_to_numpy, flat)
     records.update(flat)
     return records, seconds
 
@@ -51,7 +51,7 @@ def run_paddle(model, inputs, dtype, outputs_fn=None):
     seconds = time.perf_counter() - start
     records = rec.records()
     flat = []
-    flatten_outputs("output", outputs, _paddle_to_numpy, flat)
+    flatten_outputs("output", outputs, paddle_to_numpy, flat)
     records.update(flat)
     return records, seconds
 

@@ -23,7 +23,7 @@ from align.detections import float64_detection_view, pad_detections  # noqa: E40
 from align.forward import align_forward  # noqa: E402
 from align.report import worst_key  # noqa: E402
 from align.runtime import configure_frameworks  # noqa: E402
-from align.zoo import MODELS, get_spec  # noqa: E402
+from align.zoo import MODELS, build_models, get_spec  # noqa: E402
 
 
 def detector_outputs(to_numpy):
@@ -44,25 +44,6 @@ def _paddle_np(t):
 
 def seeded_inputs(shape, seed):
     return {"images": np.random.default_rng(seed).normal(0.0, 1.0, size=shape)}
-
-
-def build_models(spec, weights=None, seed=0):
-    """The torch model (seeded init or a torch checkpoint) and its Paddle twin holding the same weights."""
-    import torch
-    from align.seeded_init import seeded_init_torch
-    from weights_convert.checkpoint_io import load_torch
-    from weights_convert.convert import check_keys, layout_from_models
-    from weights_convert.transfer import copy_torch_to_paddle
-
-    torch_model, paddle_model = spec.build_torch(**spec.kwargs), spec.build_paddle(**spec.kwargs)
-    if weights:
-        state = load_torch(weights)
-        check_keys(state, layout_from_models(torch_model, paddle_model).torch_shapes, f"{weights}")
-        torch_model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
-    else:
-        seeded_init_torch(torch_model, seed)
-    copy_torch_to_paddle(torch_model, paddle_model)
-    return torch_model, paddle_model
 
 
 def run(model, dtype="float64", out="reports", weights=None, seed=0, input_shape=None):

@@ -51,7 +51,8 @@ class _Recorder:
         return out
 
 
-def _torch_to_numpy(value):
+def torch_to_numpy(value):
+    """A detached NumPy copy of a tensor; arrays pass through; anything else -> None (not recorded)."""
     import numpy as np
     import torch
     if isinstance(value, torch.Tensor):
@@ -59,7 +60,8 @@ def _torch_to_numpy(value):
     return value if isinstance(value, np.ndarray) else None
 
 
-def _paddle_to_numpy(value):
+def paddle_to_numpy(value):
+    """The Paddle twin of torch_to_numpy."""
     import numpy as np
     import paddle
     if isinstance(value, paddle.Tensor):
@@ -72,7 +74,7 @@ class record_torch:
 
     def __init__(self, model):
         self.model = model
-        self.recorder = _Recorder(_torch_to_numpy)
+        self.recorder = _Recorder(torch_to_numpy)
         self.handles = []
 
     def __enter__(self):
@@ -93,7 +95,7 @@ class record_paddle:
 
     def __init__(self, layer):
         self.layer = layer
-        self.recorder = _Recorder(_paddle_to_numpy)
+        self.recorder = _Recorder(paddle_to_numpy)
         self.handles = []
 
     def __enter__(self):

@@ -20,11 +20,11 @@ if __package__ in (None, ""):
 
 from align.coco_metric import coco_eval, detections_to_coco, prediction_diff  # noqa: E402
 from align.compare import check_float64  # noqa: E402
-from align.forward_diff import build_models  # noqa: E402
+from align.hooks import paddle_to_numpy, torch_to_numpy  # noqa: E402
 from align.report import write_report  # noqa: E402
 from align.runtime import configure_frameworks  # noqa: E402
 from align.train_data import loader_pair  # noqa: E402
-from align.zoo import get_spec  # noqa: E402
+from align.zoo import build_models, get_spec  # noqa: E402
 
 
 def predict_all(model, loader, to_numpy, label_to_cat_id):
@@ -47,8 +47,8 @@ def run(model="retina_r50", dtype="float64", data=None, weights=None, out="repor
     p_model.to(dtype=dtype)
     p_model.eval()
     label_to_cat_id = t_loader.dataset.label_to_cat_id
-    t_dets = predict_all(t_model, t_loader, lambda t: t.detach().numpy(), label_to_cat_id)
-    p_dets = predict_all(p_model, p_loader, lambda t: t.numpy(), label_to_cat_id)
+    t_dets = predict_all(t_model, t_loader, torch_to_numpy, label_to_cat_id)
+    p_dets = predict_all(p_model, p_loader, paddle_to_numpy, label_to_cat_id)
     coco = t_loader.dataset.coco
     t_stats, p_stats = coco_eval(coco, t_dets), coco_eval(coco, p_dets)
     diff = prediction_diff(t_dets, p_dets)

@@ -33,6 +33,7 @@ if __package__ in (None, ""):
 
 from align.atomic import atomic_path  # noqa: E402
 from align.compare import FP64_TRAIN_MAX_REL, compare_runs  # noqa: E402
+from align.hooks import paddle_to_numpy, torch_to_numpy  # noqa: E402
 from align.report import rule_text, write_report  # noqa: E402
 from align.runtime import configure_frameworks  # noqa: E402
 from align.train_data import first_batches  # noqa: E402
@@ -62,7 +63,7 @@ class Side:
         values = self.trainer.step(i, batch)
         self.seconds += time.perf_counter() - start
         values.update(param_stats(self.numpy_params()))
-        to_np = (lambda t: t.detach().numpy()) if self.fw == "torch" else (lambda t: t.numpy())
+        to_np = torch_to_numpy if self.fw == "torch" else paddle_to_numpy
         values.update({f"state.{k}": v for k, v in loss_state(self.loss, to_np).items()})
         return values
 

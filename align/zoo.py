@@ -59,3 +59,22 @@ def get_spec(name):
 def build_pair(name):
     spec = get_spec(name)
     return spec.build_torch(**spec.kwargs), spec.build_paddle(**spec.kwargs)
+
+
+def build_models(spec, weights=None, seed=0):
+    """The torch model (seeded init or a torch checkpoint) and its Paddle twin holding the same weights."""
+    import torch
+    from align.seeded_init import seeded_init_torch
+    from weights_convert.checkpoint_io import load_torch
+    from weights_convert.convert import check_keys, layout_from_models
+    from weights_convert.transfer import copy_torch_to_paddle
+
+    torch_model, paddle_model = spec.build_torch(**spec.kwargs), spec.build_paddle(**spec.kwargs)
+    if weights:
+        state = load_torch(weights)
+        check_keys(state, layout_from_models(torch_model, paddle_model).torch_shapes, f"{weights}")
+        torch_model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
+    else:
+        seeded_init_torch(torch_model, seed)
+    copy_torch_to_paddle(torch_model, paddle_model)
+    return torch_model, paddle_model
