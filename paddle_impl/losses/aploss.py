@@ -51,11 +51,6 @@ def _check_precision(name, x):
         raise ValueError(f"{name} must be float32 or float64, got {checks.dtype_name(x)}")
 
 
-def _check_shape(name, x, shape, text=None):
-    if checks.shape_of(x) != tuple(shape):
-        raise ValueError(f"{name} must have shape {text or tuple(shape)}, got {checks.shape_of(x)}")
-
-
 def _check_delta(delta):
     if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not math.isfinite(delta) or delta <= 0:
         raise ValueError(f"delta must be a positive finite number, got {delta!r}")
@@ -65,7 +60,7 @@ def check_ap_inputs(logits, targets, delta):
     checks.check_float("logits", logits)
     _check_precision("logits", logits)
     checks.check_tensor("targets", targets)
-    _check_shape("targets", targets, checks.shape_of(logits), f"{checks.shape_of(logits)} (the shape of logits)")
+    checks.check_shape("targets", targets, checks.shape_of(logits), f"{checks.shape_of(logits)} (the shape of logits)")
     if targets.dtype not in TARGET_DTYPES:
         raise ValueError(f"targets must be int32, int64, float32 or float64, got {checks.dtype_name(targets)}")
     # min / max are reductions (no N-sized temporaries); NaN fails them; floats must also be integral
@@ -81,12 +76,12 @@ def check_module_inputs(cls_logits, reg_preds, anchors, annotations, delta):
     _check_precision("cls_logits", cls_logits)
     batch, num_anchors, num_classes = checks.shape_of(cls_logits)
     checks.check_like("reg_preds", reg_preds, "cls_logits", cls_logits, same_shape=False)
-    _check_shape("reg_preds", reg_preds, (batch, num_anchors, 4))
+    checks.check_shape("reg_preds", reg_preds, (batch, num_anchors, 4))
     checks.check_float("anchors", anchors)
-    _check_shape("anchors", anchors, (num_anchors, 4))
+    checks.check_shape("anchors", anchors, (num_anchors, 4))
     checks.check_float("annotations", annotations, ndim=3)
     num_gt = checks.shape_of(annotations)[1]
-    _check_shape("annotations", annotations, (batch, num_gt, 5), f"({batch}, M, 5)")
+    checks.check_shape("annotations", annotations, (batch, num_gt, 5), f"({batch}, M, 5)")
     labels = annotations[..., 4]
     ok = (labels == -1) | ((labels >= 0) & (labels < num_classes) & (labels == paddle.floor(labels)))
     if not bool(ok.all()):

@@ -19,8 +19,7 @@ def distribution_focal_loss(pred_dist, target, reg_max=16, weight=None, reductio
         raise ValueError(f"pred_dist must have shape (..., reg_max + 1 = {reg_max + 1}), "
                          f"got {checks.shape_of(pred_dist)}")
     checks.check_like("target", target, "pred_dist", pred_dist, same_shape=False)
-    if checks.shape_of(target) != checks.shape_of(pred_dist)[:-1]:
-        raise ValueError(f"target must have shape {checks.shape_of(pred_dist)[:-1]}, got {checks.shape_of(target)}")
+    checks.check_shape("target", target, checks.shape_of(pred_dist)[:-1])
     checks.check_values("target", target, 0.0, float(reg_max), high_inclusive=False)
     out_shape = checks.shape_of(target)[:-1] + (1,)
     checks.check_weight("weight", weight, "pred_dist", out_shape, pred_dist)

@@ -23,9 +23,8 @@ def varifocal_loss(pred_score, gt_score, label, alpha=0.75, gamma=2.0):
         checks.check_like("label", label, "pred_score", pred_score)
     else:
         checks.check_integer("label", label)
-        if checks.shape_of(label) != checks.shape_of(pred_score):
-            raise ValueError(f"label must have the shape of pred_score {checks.shape_of(pred_score)}, "
-                             f"got {checks.shape_of(label)}")
+        checks.check_shape("label", label, checks.shape_of(pred_score),
+                           f"{checks.shape_of(pred_score)} (the shape of pred_score)")
         label = label.astype(pred_score.dtype)
     checks.check_values("label", label, 0.0, 1.0)
     gt_score, label = gt_score.detach(), label.detach()

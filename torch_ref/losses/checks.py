@@ -83,6 +83,12 @@ def check_like(name, x, ref_name, ref, same_shape=True, low=None, high=None, hig
     check_values(name, x, low, high, high_inclusive)
 
 
+def check_shape(name, x, shape, text=None):
+    """x has exactly `shape`; `text` describes it in the message when the bare tuple would not."""
+    if shape_of(x) != tuple(shape):
+        raise ValueError(f"{name} must have shape {text or tuple(shape)}, got {shape_of(x)}")
+
+
 def check_weight(name, weight, ref_name, shape, ref):
     """An optional non-negative weight with ref's dtype that broadcasts to `shape`."""
     if weight is None:

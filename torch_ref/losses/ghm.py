@@ -143,8 +143,7 @@ class GHMC(_GHMBase):
             checks.check_like("target", target, "pred", pred, low=0.0, high=1.0)
         else:
             checks.check_integer("target", target, ndim=1)
-            if target.shape[0] != n:
-                raise ValueError(f"target labels must have shape ({n},), got {checks.shape_of(target)}")
+            checks.check_shape("target labels", target, (n,))
             target = (target.unsqueeze(1) == torch.arange(c, device=target.device)).to(pred.dtype)
         checks.check_like("label_weight", label_weight, "pred", pred, same_shape=False, low=0.0)
         if checks.shape_of(label_weight) == (n,):
