@@ -122,7 +122,7 @@ def test_balanced_l1_is_continuous_and_smooth_at_beta():
     x = tt([[0.999999]])                                        # beta 1: slope alpha ln(b|d| + 1) -> gamma
     T.balanced_l1_loss(x, tt([[0.0]])).backward()
     assert x.grad.item() == pytest.approx(0.5 * math.log(b * 0.999999 + 1), rel=1e-12)
-    assert 0.5 * math.log(b + 1) == pytest.approx(1.5, rel=1e-15)
+    assert x.grad.item() == pytest.approx(1.5, rel=1e-6)           # alpha ln(b + 1) = gamma: no kink at beta
     assert T.balanced_l1_loss(tt(np.zeros((0, 4))), tt(np.zeros((0, 4))), reduction="mean").item() == 0.0
 
 

@@ -118,9 +118,12 @@ def test_box_coder_round_trip_and_numpy_reference():
     np.testing.assert_allclose(p.decode(paddle.to_tensor(anchors), pe).numpy(), gt, rtol=0, atol=1e-9)
     # huge dw is clamped at log(1000/16); boxes are clipped to the image
     big = np.array([[0.0, 0.0, 20.0, 10.0]])
-    out = t.decode(torch.from_numpy(np.array([[0.0, 0.0, 10.0, 10.0]])), torch.from_numpy(big), max_shape=(30, 40))
-    np.testing.assert_allclose(out.numpy(), delta_decode([[0, 0, 10, 10]], big, max_shape=(30, 40)))
-    assert out.numpy().max() == 40.0
+    box = np.array([[0.0, 0.0, 10.0, 10.0]])
+    expected = delta_decode(box, big, max_shape=(30, 40))
+    for out in (t.decode(torch.from_numpy(box), torch.from_numpy(big), max_shape=(30, 40)).numpy(),
+                p.decode(paddle.to_tensor(box), paddle.to_tensor(big), max_shape=(30, 40)).numpy()):
+        np.testing.assert_allclose(out, expected, rtol=1e-12)
+        assert out.max() == 40.0
 
 
 def test_nms_twins_agree_with_each_other_and_torchvision():
