@@ -131,8 +131,9 @@ def prediction_diff(torch_dets, paddle_dets, iou_thr=0.5):
     """Per-image comparison of two COCO detection lists, for the metric report.
 
     Detections are paired per image (see _match: same category and nearest box first, within 1 pixel or
-    IoU >= iou_thr, greedy in torch score order); over the pairs: max |box difference| (original-frame xyxy), max |score difference| and the
-    number of category mismatches; unpaired detections are counted per side.
+    IoU >= iou_thr, greedy in torch score order); over the pairs: max |box difference| (original-frame
+    xyxy), max |score difference| and the number of category mismatches; unpaired detections are counted
+    per side.
     """
     t_by, p_by = _by_image(torch_dets), _by_image(paddle_dets)
     per_image, totals = {}, {"matched": 0, "unmatched_torch": 0, "unmatched_paddle": 0,

@@ -79,11 +79,12 @@ def check_keys(summary):
             bad.append(name)
         elif summary.get("dtype") == "float64" and st.get("max_rel", 0.0) > fp64_limit:
             bad.append(name)
-        # float32 loss keys: loss_runner applies the noise floor after removing what GHM's documented
-        # rebinning explains, which a plain re-check cannot reproduce; their own verdict stands
+        # float32 training steps after the first: judged on their float64 twins (train_diff's docstring)
         elif summary.get("dtype") == "float32" and st.get("judged_on", "").startswith("float64"):
             if st.get("float64_max_rel", float("inf")) > fp64_limit:
                 bad.append(name)
+        # float32 loss keys: loss_runner applies the noise floor after removing what GHM's documented
+        # rebinning explains, which a plain re-check cannot reproduce; their own verdict stands
         elif summary.get("dtype") == "float32" and "noise_floor" in st \
                 and not summary.get("check", "").startswith("loss"):
             if st["max_abs"] > THRESHOLDS["float32_noise_multiple"] * st["noise_floor"] \

@@ -28,6 +28,7 @@ from collections import OrderedDict
 import numpy as np
 
 from align.compare import FP64_MAX_REL, NOISE_MULTIPLE, ULP_FLOOR, check_exact, check_float32, check_float64, diff_stats
+from align.hooks import paddle_to_numpy, torch_to_numpy
 from align.report import save_reprod_log, write_report
 
 LOSS_NAMES = ("focal", "ghmc", "ghmr", "aploss", "smooth_l1", "balanced_l1", "varifocal", "giou", "dfl")
@@ -63,8 +64,7 @@ class TorchSide:
             return t.requires_grad_(requires_grad)
         return self.torch.tensor(array.astype(np.int64))
 
-    def numpy(self, t):
-        return t.detach().cpu().numpy().copy()
+    numpy = staticmethod(torch_to_numpy)
 
     def grad(self, t, shape):
         g = t.grad if isinstance(t, self.torch.Tensor) and t.requires_grad else None
@@ -91,8 +91,7 @@ class PaddleSide:
             return t
         return self.paddle.to_tensor(array.astype(np.int64), place=self.paddle.CPUPlace())
 
-    def numpy(self, t):
-        return t.detach().numpy().copy()
+    numpy = staticmethod(paddle_to_numpy)
 
     def grad(self, t, shape):
         g = t.grad if isinstance(t, self.paddle.Tensor) and not t.stop_gradient else None

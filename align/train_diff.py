@@ -53,10 +53,11 @@ class Side:
         self.seconds = 0.0
 
     def numpy_params(self):
-        """Trainable parameters (Paddle also lists BatchNorm statistics among its parameters)."""
+        """The trainer's parameters (Paddle also lists BatchNorm statistics among its parameters), uncopied
+        where the framework allows."""
         if self.fw == "torch":
-            return {n: p.detach().numpy() for n, p in self.model.named_parameters() if p.requires_grad}
-        return {n: p.numpy() for n, p in self.model.named_parameters() if not p.stop_gradient}
+            return {n: p.detach().numpy() for n, p in self.trainer.named}
+        return {n: p.numpy() for n, p in self.trainer.named}
 
     def step(self, i, batch):
         start = time.perf_counter()

@@ -133,8 +133,8 @@ class TorchTrainer:
     def __init__(self, model, loss, recipe):
         import torch
         self.torch, self.model, self.loss, self.recipe = torch, model, loss, recipe
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        self.params, self.opt = [p for _, p in named], torch_optimizer(named, recipe)
+        self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.params, self.opt = [p for _, p in self.named], torch_optimizer(self.named, recipe)
 
     def step(self, step, batch):
         torch = self.torch
@@ -154,8 +154,8 @@ class TorchTrainer:
 class PaddleTrainer:
     def __init__(self, model, loss, recipe):
         self.model, self.loss, self.recipe = model, loss, recipe
-        named = [(n, p) for n, p in model.named_parameters() if not p.stop_gradient]
-        self.params, self.opt = [p for _, p in named], paddle_optimizer(named, recipe)
+        self.named = [(n, p) for n, p in model.named_parameters() if not p.stop_gradient]
+        self.params, self.opt = [p for _, p in self.named], paddle_optimizer(self.named, recipe)
 
     def step(self, step, batch):
         self.opt.set_lr(self.recipe.lr(step))

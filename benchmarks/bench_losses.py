@@ -59,7 +59,8 @@ def torch_ap_loop(logits, targets, delta=1.0):
     return 1 - prec.sum() / num, grad / num
 
 
-def torch_ghmc_loop(pred, target, label_weight, bins=10):
+def torch_ghmc_loop(pred, target, label_weight, bins=10, momentum=0.0, acc_sum=None):
+    """mmdetection's GHMC.forward, literally; acc_sum (a tensor of bins) is updated in place with momentum."""
     import torch
     import torch.nn.functional as F
     edges = torch.arange(bins + 1, dtype=torch.float32) / bins
@@ -74,7 +75,11 @@ def torch_ghmc_loop(pred, target, label_weight, bins=10):
         inds = (g >= edges[i]) & (g < edges[i + 1]) & valid
         num_in_bin = inds.sum().item()
         if num_in_bin > 0:
-            weights[inds] = tot / num_in_bin
+            if momentum > 0:
+                acc_sum[i] = momentum * acc_sum[i] + (1 - momentum) * num_in_bin
+                weights[inds] = tot / acc_sum[i]
+            else:
+                weights[inds] = tot / num_in_bin
             n += 1
     if n > 0:
         weights = weights / n

@@ -14,6 +14,7 @@ import paddle_impl.losses as P
 import torch_ref.losses as T
 from align import numpy_ref
 from align.numpy_ref import ghm as ghm_ref
+from benchmarks.bench_losses import torch_ghmc_loop
 
 DTYPES = ("float64", "float32")
 RTOL = {"float64": 1e-12, "float32": 2e-6}
@@ -178,31 +179,6 @@ def test_ghm_bin_index_is_exact_at_every_edge(bins, dtype):
         np.testing.assert_array_equal(got_p, expected, err_msg=f"paddle {kind}")
 
 
-def _mmdet_ghmc(pred, target, label_weight, bins, mmt, acc_sum):
-    """mmdetection's GHMC.forward, literally (per-bin loop, .item()), on float64 tensors."""
-    edges = torch.arange(bins + 1).float() / bins
-    edges[-1] += 1e-6
-    edges = edges.double()
-    weights = torch.zeros_like(pred)
-    g = torch.abs(pred.sigmoid().detach() - target)
-    valid = label_weight > 0
-    tot = max(valid.double().sum().item(), 1.0)
-    n = 0
-    for i in range(bins):
-        inds = (g >= edges[i]) & (g < edges[i + 1]) & valid
-        num_in_bin = inds.sum().item()
-        if num_in_bin > 0:
-            if mmt > 0:
-                acc_sum[i] = mmt * acc_sum[i] + (1 - mmt) * num_in_bin
-                weights[inds] = tot / acc_sum[i]
-            else:
-                weights[inds] = tot / num_in_bin
-            n += 1
-    if n > 0:
-        weights = weights / n
-    return F.binary_cross_entropy_with_logits(pred, target, weights, reduction="sum") / tot
-
-
 @pytest.mark.parametrize("momentum", [0.0, 0.75])
 def test_ghmc_vectorised_equals_mmdetection_loop(momentum):
     rng = np.random.default_rng(3)
@@ -212,7 +188,7 @@ def test_ghmc_vectorised_equals_mmdetection_loop(momentum):
         x = rng.normal(0, 3, (n, 6))
         t = (rng.random((n, 6)) < 0.3).astype(np.float64)
         w = (rng.random((n, 6)) > 0.1).astype(np.float64)
-        ref = _mmdet_ghmc(tt(x, grad=False), tt(t, grad=False), tt(w, grad=False), 30, momentum, acc).item()
+        ref = torch_ghmc_loop(tt(x, grad=False), tt(t, grad=False), tt(w, grad=False), 30, momentum, acc).item()
         assert mt(tt(x), tt(t, grad=False), tt(w, grad=False)).item() == pytest.approx(ref, rel=1e-13)
         assert float(mp(pt(x), pt(t, grad=False), pt(w, grad=False))) == pytest.approx(ref, rel=1e-13)
         if momentum:

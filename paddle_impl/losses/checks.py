@@ -41,11 +41,16 @@ def check_tensor(name, x):
         raise ValueError(f"{name} must be a tensor, got {type(x).__name__}")
 
 
-def check_float(name, x, ndim=None, low=None, high=None, high_inclusive=True):
-    """A finite floating-point tensor (with `ndim` dimensions when given; within [low, high] when given)."""
+def check_floating(name, x):
+    """A floating-point tensor (values unchecked)."""
     check_tensor(name, x)
     if not paddle.is_floating_point(x):
         raise ValueError(f"{name} must be a floating-point tensor, got {dtype_name(x)}")
+
+
+def check_float(name, x, ndim=None, low=None, high=None, high_inclusive=True):
+    """A finite floating-point tensor (with `ndim` dimensions when given; within [low, high] when given)."""
+    check_floating(name, x)
     if ndim is not None and x.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {shape_of(x)}")
     check_values(name, x, low, high, high_inclusive)
@@ -73,9 +78,7 @@ def check_values(name, x, low=None, high=None, high_inclusive=True):
 
 def check_like(name, x, ref_name, ref, same_shape=True, low=None, high=None, high_inclusive=True):
     """A finite float tensor with the dtype (and shape) of `ref`, within [low, high] when given."""
-    check_tensor(name, x)
-    if not paddle.is_floating_point(x):
-        raise ValueError(f"{name} must be a floating-point tensor, got {dtype_name(x)}")
+    check_floating(name, x)
     if x.dtype != ref.dtype:
         raise ValueError(f"{name} must have the dtype of {ref_name} ({dtype_name(ref)}), got {dtype_name(x)}")
     if same_shape and shape_of(x) != shape_of(ref):

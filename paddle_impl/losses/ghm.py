@@ -54,7 +54,7 @@ def bin_slot(g, upper, bins):
 
 def bin_index(g, upper, bins, valid):
     """Bin k of each element, `bins` for ignored elements and g >= the last edge (see bin_slot)."""
-    return bin_slot(paddle.where(valid, g, paddle.full_like(g, IGNORED_G)), upper, bins).clip(max=bins).astype("int64")
+    return bin_slot(paddle.masked_fill(g, ~valid, IGNORED_G), upper, bins).clip(max=bins).astype("int64")
 
 
 def slot_weights(slot, num_slots, bins, acc_sum, momentum):

@@ -54,7 +54,7 @@ def bin_slot(g, upper, bins):
 
 def bin_index(g, upper, bins, valid):
     """Bin k of each element, `bins` for ignored elements and g >= the last edge (see bin_slot)."""
-    return bin_slot(torch.where(valid, g, IGNORED_G), upper, bins).clamp_(max=bins).long()
+    return bin_slot(g.masked_fill(~valid, IGNORED_G), upper, bins).clamp_(max=bins).long()
 
 
 def slot_weights(slot, num_slots, bins, acc_sum, momentum):
