@@ -7,9 +7,14 @@ The loops below are the baselines, written as their authors wrote them: GHM-C as
 (one .item() per bin), AP-Loss as cccorn/AP-loss's per-positive loop (one host sync per positive). Each
 timing covers the loss value and the gradient w.r.t. the logits (forward + backward for autograd losses).
 Before timing, every pair is checked to give the same value and gradient: in float64 to 1e-9 (at the quick
-sizes, where the float64 loops are cheap) and in float32, the benchmark dtype, to FLOAT32_TOL.
+sizes, where the float64 loops are cheap) and in float32, the benchmark dtype, to FLOAT32_TOL (GHM-C's
+gradient on all elements but those within rounding of a bin edge; the table says how many).
+
+Paddle's GHM-C runs on its fused CPU kernel (paddle_impl/losses/ghm_kernel.py); the row "paddle-stock" times
+its stock-op path too, the fallback where the kernel cannot be built, for information (not gated).
 """
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -18,6 +23,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from align.loss_specs.ghm_common import EDGE_TOLERANCE  # noqa: E402
+from align.numpy_ref.ghm import edges  # noqa: E402
 from align.runtime import configure_frameworks  # noqa: E402
 
 TARGETS = {"AP-Loss": 10.0, "GHM-C": 3.0}
@@ -227,13 +234,40 @@ def max_rel(ref, other):
     return float(np.max(np.abs(np.asarray(ref, np.float64) - other))) / scale
 
 
-def check_same(label, ours, loop, tol):
-    """Value and gradient of ours against the loop; raises AssertionError naming the case."""
+def near_ghmc_edges(pred, target, bins=10):
+    """Elements whose float64 g = |sigmoid(pred) - target| lies within EDGE_TOLERANCE of a GHM-C edge: one
+    float32 ulp of sigmoid moves them across it, so two correct float32 implementations (Paddle's sigmoid
+    kernel in the loop, the fused kernel's own) may put them in neighbouring bins with different weights."""
+    g = np.abs(1 / (1 + np.exp(-np.asarray(pred, np.float64))) - target)
+    e = edges(bins, "ghmc")
+    k = np.clip(np.searchsorted(e, g), 1, len(e) - 1)
+    return np.minimum(np.abs(g - e[k - 1]), np.abs(g - e[k])) <= EDGE_TOLERANCE
+
+
+def check_same(label, ours, loop, tol, skip=None):
+    """Value and gradient of ours against the loop, the gradient where not `skip`; raises AssertionError
+    naming the case."""
     value_err = abs(ours[0] - loop[0]) / max(abs(loop[0]), 1e-30)
-    grad_err = max_rel(loop[1], ours[1])
+    keep = slice(None) if skip is None else ~skip
+    grad_err = max_rel(loop[1][keep], ours[1][keep])
     assert value_err <= tol and grad_err <= tol, (
         f"{label}: ours and the loop differ (value rel {value_err:.2e}, grad max_rel {grad_err:.2e} > {tol:g})")
     return max(value_err, grad_err)
+
+
+@contextlib.contextmanager
+def paddle_stock_ops():
+    """Paddle's GHM-C on its stock-op path (the fallback where the fused CPU kernel cannot be built)."""
+    from paddle_impl.losses import ghm_kernel
+    saved = os.environ.get(ghm_kernel.SWITCH)
+    os.environ[ghm_kernel.SWITCH] = "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ[ghm_kernel.SWITCH]
+        else:
+            os.environ[ghm_kernel.SWITCH] = saved
 
 
 def timed(fn, args, repeats):
@@ -260,30 +294,45 @@ def run(quick, seed=0):
     rows = []
     for loss, (key, make) in cases.items():
         args = make(rng, sizes, np.float32)
+        # float32 GHM-C: elements on an edge to within rounding may bin apart (counted in the table)
+        skip = near_ghmc_edges(*args[:2]) if key == "ghmc" else None
         for fw in frameworks:
             fns, tensors = variants(fw), fw.tensors(*args)
-            t_ours, ours = timed(fns[key, "ours"], tensors, repeats=3)
             t_loop, loop = timed(fns[key, "loop"], tensors, repeats=3 if quick else 2)
-            err = check_same(f"{loss} {fw.name} float32", ours, loop, FLOAT32_TOL)
-            rows.append({"loss": loss, "framework": fw.name, "ours": t_ours, "loop": t_loop,
-                         "speedup": t_loop / t_ours, "max_rel": err})
+            runs = [(fw.name, contextlib.nullcontext())]
+            if key == "ghmc" and fw.name == "paddle":
+                runs.append(("paddle-stock", paddle_stock_ops()))
+            for name, context in runs:
+                with context:
+                    t_ours, ours = timed(fns[key, "ours"], tensors, repeats=3)
+                err = check_same(f"{loss} {name} float32", ours, loop, FLOAT32_TOL, skip)
+                rows.append({"loss": loss, "framework": name, "ours": t_ours, "loop": t_loop,
+                             "speedup": t_loop / t_ours, "max_rel": err, "gated": name != "paddle-stock",
+                             "skipped": 0 if skip is None else int(skip.sum())})
     return sizes, rows
 
 
 def render(sizes, rows, quick):
     size_text = {"AP-Loss": f"{sizes['positives']} pos in {sizes['anchors']}x{sizes['classes']}",
                  "GHM-C": f"{sizes['anchors']}x{sizes['classes']}"}
-    lines = [f"{'loss':<8} {'size':<22} {'framework':<9} {'ours [s]':>9} {'loop [s]':>9} {'loop/ours':>9} "
+    lines = [f"{'loss':<8} {'size':<22} {'framework':<12} {'ours [s]':>9} {'loop [s]':>9} {'loop/ours':>9} "
              f"{'target':>7} {'max_rel':>9}  verdict"]
     missed = []
     for r in rows:
         target = TARGETS[r["loss"]]
         ok = r["speedup"] >= target
-        verdict = "n/a (quick)" if quick else ("ok" if ok else "MISSED")
-        if not quick and not ok:
+        if not r["gated"]:
+            verdict = "fallback, not gated"
+        else:
+            verdict = "n/a (quick)" if quick else ("ok" if ok else "MISSED")
+        if not quick and r["gated"] and not ok:
             missed.append(f"{r['loss']} {r['framework']}")
-        lines.append(f"{r['loss']:<8} {size_text[r['loss']]:<22} {r['framework']:<9} {r['ours']:>9.3f} "
+        lines.append(f"{r['loss']:<8} {size_text[r['loss']]:<22} {r['framework']:<12} {r['ours']:>9.3f} "
                      f"{r['loop']:>9.3f} {r['speedup']:>8.1f}x {target:>6.0f}x {r['max_rel']:>9.1e}  {verdict}")
+    skipped = max((r["skipped"] for r in rows), default=0)
+    lines.append(f"note: GHM-C gradients compared on all but {skipped} elements with g within {EDGE_TOLERANCE:.1e} of an "
+                 f"edge (float32 rounding may bin them apart)")
+    lines.append("note: paddle-stock is Paddle's GHM-C on stock ops, as where its fused CPU kernel cannot be built")
     lines.append("")
     lines.append("paddle / torch time ratio (> 1: paddle slower):")
     for loss in TARGETS:

@@ -17,7 +17,7 @@ import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
-from . import checks
+from . import checks, ghm_kernel
 
 IGNORED_G = 3.0      # ignored elements get g >= this: beyond every edge, so bin_index sends them to "no bin"
 SHRINK = 1 - 2.0 ** -20
@@ -80,7 +80,8 @@ class HarmonizedBCE(paddle.autograd.PyLayer):
     """sum(weight * BCE-with-logits(pred, target)); gradient w.r.t. pred only, in closed form from
     diff = sigmoid(pred) - target: diff * weight. weight and diff are detached.
 
-    BCE = log1p(exp(-|x|)) + relu(x) - x t: accurate for confident logits (1 + e^-|x| is never rounded).
+    BCE = log1p(exp(-|x|)) + (relu(x) - x t): accurate for confident logits (1 + e^-|x| is never rounded,
+    and relu(x) - x t is exactly 0 for a confident correct binary target, so nothing cancels).
     In place where Paddle allows: a fresh anchors x classes buffer costs Paddle's CPU kernels ~20 ms, more
     than most elementwise passes."""
 
@@ -88,13 +89,29 @@ class HarmonizedBCE(paddle.autograd.PyLayer):
     def forward(ctx, pred, target, diff, weight):
         ctx.save_for_backward(diff, weight)
         bce = pred.abs().neg_().exp_().log1p_()
-        bce.add_(F.relu(pred)).subtract_(pred * target)
+        bce.add_(F.relu(pred).subtract_(pred * target))
         return bce.multiply_(weight).sum()
 
     @staticmethod
     def backward(ctx, grad_out):
         diff, weight = ctx.saved_tensor()
         return (diff * weight).multiply_(grad_out), None, None, None
+
+
+class FusedHarmonizedBCE(paddle.autograd.PyLayer):
+    """HarmonizedBCE on the fused CPU kernel (ghm_kernel): loss and gradient come out of one pass over
+    pred, target and the slots; weight = table[slot]."""
+
+    @staticmethod
+    def forward(ctx, pred, target, slot, table, kernel):
+        loss, grad = kernel.ghm_harmonized_bce(pred.contiguous(), target, slot, table)
+        ctx.save_for_backward(grad)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (grad,) = ctx.saved_tensor()
+        return grad * grad_out, None, None, None
 
 
 def _check_config(bins, momentum):
@@ -113,14 +130,18 @@ class _GHMBase(nn.Layer):
         self.register_buffer("upper", upper_edges(self.edges), persistable=False)
         self.register_buffer("acc_sum", paddle.zeros([bins], dtype="float32"), persistable=True)
 
-    def _weights(self, g, invalid):
-        """Per-element weight / tot (see slot_weights) from g (overwritten) and the ignore mask."""
-        slot = bin_slot(g.masked_fill_(invalid, IGNORED_G), self.upper, self.bins)
-        table, acc_sum = slot_weights(slot, self.upper.shape[0], self.bins, self.acc_sum.astype(g.dtype),
+    def _table(self, slot, dtype):
+        """Per-slot weight / tot (see slot_weights); updates acc_sum with momentum."""
+        table, acc_sum = slot_weights(slot, self.upper.shape[0], self.bins, self.acc_sum.astype(dtype),
                                       self.momentum)
         if self.momentum > 0:
             self.acc_sum = acc_sum
-        return paddle.gather(table, slot.flatten()).reshape(slot.shape)
+        return table
+
+    def _weights(self, g, invalid):
+        """Per-element weight / tot (see slot_weights) from g (overwritten) and the ignore mask."""
+        slot = bin_slot(g.masked_fill_(invalid, IGNORED_G), self.upper, self.bins)
+        return paddle.gather(self._table(slot, g.dtype), slot.flatten()).reshape(slot.shape)
 
 
 class GHMC(_GHMBase):
@@ -154,14 +175,26 @@ class GHMC(_GHMBase):
             raise ValueError(f"label_weight must have shape ({n}, {c}) or ({n},), got {checks.shape_of(label_weight)}")
         return target.detach(), label_weight.detach()
 
+    def _kernel_slots(self, kernel, pred, target, label_weight):
+        return kernel.ghm_slots(pred.detach().contiguous(), target.contiguous(), label_weight.contiguous(),
+                                self.upper.astype(pred.dtype), self.bins)
+
     def bin_index(self, pred, target, label_weight):
         """Bin of every (anchor, class) element as forward assigns it (`bins` = ignored)."""
         target, label_weight = self._prepare(pred, target, label_weight)
+        kernel = ghm_kernel.for_tensor(pred)
+        if kernel is not None:
+            return self._kernel_slots(kernel, pred, target, label_weight).astype("int64")
         g = (F.sigmoid(pred.detach()) - target).abs()
         return bin_index(g, self.upper, self.bins, label_weight > 0)
 
     def forward(self, pred, target, label_weight):
         target, label_weight = self._prepare(pred, target, label_weight)
+        kernel = ghm_kernel.for_tensor(pred)
+        if kernel is not None:
+            slot = self._kernel_slots(kernel, pred, target, label_weight)
+            table = self._table(slot, pred.dtype)
+            return FusedHarmonizedBCE.apply(pred, target.contiguous(), slot, table, kernel) * self.loss_weight
         diff = F.sigmoid(pred.detach()).subtract_(target)    # g = |diff|; also the BCE's gradient
         weights = self._weights(diff.abs(), label_weight <= 0)
         return HarmonizedBCE.apply(pred, target, diff, weights) * self.loss_weight
