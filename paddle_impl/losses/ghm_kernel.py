@@ -11,8 +11,9 @@ fails (no C++ compiler, no glibc vector math; a warning says why once), on platf
 with PADDLE_IMPL_CPU_KERNELS=0 in the environment.
 
 The build is compiled for this CPU (-march=native) into Paddle's extension directory (PADDLE_EXTENSION_DIR,
-default ~/.cache/paddle_extensions) under a name that hashes the source, the flags, Paddle's version and the
-CPU's feature flags, so a changed source or another machine sharing the directory never loads a stale build.
+default ~/.cache/paddle_extensions) under a name that hashes the source (its text and its path), the flags,
+Paddle's version and the CPU's feature flags: a changed source or another machine sharing the directory never
+loads a stale build, and two checkouts never rebuild a library the other has loaded.
 The first build takes ~15 s; later processes spend ~2 s in Paddle's up-to-date check.
 """
 import contextlib
@@ -43,7 +44,7 @@ def build_name():
     digest = hashlib.sha1()
     with open(SOURCE, "rb") as f:
         digest.update(f.read())
-    for part in (" ".join(CXX_FLAGS + LD_FLAGS), paddle.__version__, _cpu_flags()):
+    for part in (SOURCE, " ".join(CXX_FLAGS + LD_FLAGS), paddle.__version__, _cpu_flags()):
         digest.update(part.encode())
     return "ghm_kernel_" + digest.hexdigest()[:12]
 
