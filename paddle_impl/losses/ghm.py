@@ -9,6 +9,10 @@ GHM-C's gradient w.r.t. the logits is the closed form (sigmoid(pred) - target) *
 sigmoid the binning needs anyway (a paddle.autograd.PyLayer): autograd through a written-out BCE would cost
 several passes more over anchors x classes.
 
+On CPU tensors GHM-C runs its two passes over anchors x classes (slots; weighted BCE and gradient) on fused
+kernels (ghm_kernel: Paddle's stock CPU kernels are too slow for the speed target); the stock-op path below
+serves GPU tensors and machines where the kernel cannot be built. Both follow the same definition and bin rule.
+
 State: `acc_sum` (zeros(bins)) is a persistable registered buffer and appears in the state_dict. It is kept in the
 dtype of the predictions that last updated it (the momentum update runs in the input dtype and replaces the
 buffer), so a float64 run never rounds its state to float32. With momentum 0 it stays zero.

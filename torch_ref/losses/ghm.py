@@ -112,13 +112,17 @@ class _GHMBase(nn.Module):
         self.register_buffer("upper", upper_edges(self.edges), persistent=False)
         self.register_buffer("acc_sum", torch.zeros(bins))
 
+    def _table(self, slot, dtype):
+        """Per-slot weight / tot (see slot_weights); updates acc_sum with momentum."""
+        table, acc_sum = slot_weights(slot, self.upper.numel(), self.bins, self.acc_sum.to(dtype), self.momentum)
+        if self.momentum > 0:
+            self.acc_sum = acc_sum
+        return table
+
     def _weights(self, g, invalid):
         """Per-element weight / tot (see slot_weights) from g (overwritten) and the ignore mask."""
         slot = bin_slot(g.masked_fill_(invalid, IGNORED_G), self.upper, self.bins)
-        table, acc_sum = slot_weights(slot, self.upper.numel(), self.bins, self.acc_sum.to(g.dtype), self.momentum)
-        if self.momentum > 0:
-            self.acc_sum = acc_sum
-        return table.index_select(0, slot.reshape(-1)).reshape(slot.shape)
+        return self._table(slot, g.dtype).index_select(0, slot.reshape(-1)).reshape(slot.shape)
 
 
 class GHMC(_GHMBase):
