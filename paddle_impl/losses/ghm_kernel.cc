@@ -41,7 +41,7 @@ void slots_kernel(const T* x, const T* t, const T* w, const T* upper, int32_t* s
   for (int64_t i = 0; i < n; ++i) {
     const T g = std::abs(sigmoid_from(x[i], std::exp(-std::abs(x[i]))) - t[i]);
     int32_t j = static_cast<int32_t>(g * scale);          // g in [0, 1] (checked inputs): j in [0, bins - 1]
-    j = j < bins ? j : bins - 1;                          // never read past the table, whatever the input
+    j = j < 0 ? 0 : (j < bins ? j : bins - 1);            // never read outside the table, even for NaN
     const T next_edge = upper[j];
     const int32_t k = g >= next_edge ? j + 1 : j;
     slot[i] = w[i] > T(0) ? k : bins;
