@@ -113,9 +113,9 @@ def test_prediction_diff():
     assert (d["num_images"], d["torch_count"], d["paddle_count"]) == (3, 3, 3)
     assert (d["matched"], d["unmatched_torch"], d["unmatched_paddle"]) == (2, 1, 1)
     assert d["label_mismatches"] == 1 and d["images_with_count_mismatch"] == 2
-    assert d["max_box_diff"] == pytest.approx(0.5) and d["max_score_diff"] == pytest.approx(0.05)
+    assert d["max_box_diff"] == pytest.approx(0.5, rel=1e-12) and d["max_score_diff"] == pytest.approx(0.05, rel=1e-12)
     assert d["per_image"]["1"] == {"torch": 2, "paddle": 2, "matched": 2, "max_box_diff": 0.5,
-                                   "max_score_diff": pytest.approx(0.05), "label_mismatches": 1}
+                                   "max_score_diff": pytest.approx(0.05, rel=1e-12), "label_mismatches": 1}
     same = prediction_diff(t, copy.deepcopy(t))
     assert same["matched"] == 3 and same["max_box_diff"] == 0 and same["label_mismatches"] == 0
 
@@ -132,4 +132,4 @@ def test_prediction_diff_pairs_twins_not_lookalikes():
          {"image_id": 1, "category_id": 1, "bbox": [10, 10, 30, 20.5], "score": 0.9}]
     d = prediction_diff(t, p)
     assert (d["matched"], d["unmatched_torch"], d["label_mismatches"]) == (3, 0, 0)
-    assert d["max_box_diff"] == pytest.approx(0.5) and d["max_score_diff"] == 0
+    assert d["max_box_diff"] == pytest.approx(0.5, rel=1e-12) and d["max_score_diff"] == 0
