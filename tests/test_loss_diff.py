@@ -74,6 +74,7 @@ def test_ghm_bins_never_move_in_float64(reports):
         counts = [v for case in moves.values() for step in case.values() for m in step.values() for v in m.values()]
         assert counts and not any(counts)
         assert _summary(root, name)["cases"]["momentum_steps"]["steps"] == 5
+    assert _summary(root, "ghmc")["implementation"] == "paddle: fused CPU kernel (paddle_impl/losses/ghm_kernel.cc)"
 
 
 def _only(spec, names):
