@@ -5,6 +5,13 @@ import tempfile
 from contextlib import contextmanager
 
 
+def _default_mode():
+    """What open() would give a new file: 0o666 less the process umask (mkstemp's files are 0o600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextmanager
 def atomic_path(path, suffix=""):
     """Yield a temporary path next to `path`; on success it replaces `path` in one rename.
@@ -18,6 +25,7 @@ def atomic_path(path, suffix=""):
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
