@@ -43,7 +43,7 @@ def run_steps(stock_ops, use_kernel, steps, dtype, **config):
 
 def test_kernel_builds_on_this_machine():
     assert ghm_kernel.enabled()
-    assert hasattr(kernel(), "ghm_slots") and hasattr(kernel(), "ghm_harmonized_bce")
+    assert all(hasattr(kernel(), op) for op in ghm_kernel.OPS)
     assert ghm_kernel.for_tensor(paddle.zeros([2, 2])) is kernel()
 
 
@@ -117,7 +117,8 @@ def test_kernel_names_mismatched_inputs():
 
 
 def test_stock_path_serves_when_the_build_fails(monkeypatch, stock_ops):
-    """A failed build warns, names why, and GHM-C computes the same loss on stock ops."""
+    """A failed build (or a module without the ops) warns, names why, and GHM-C computes the same loss on
+    stock ops."""
     from paddle.utils import cpp_extension
 
     def no_compiler(**kwargs):
@@ -130,6 +131,9 @@ def test_stock_path_serves_when_the_build_fails(monkeypatch, stock_ops):
     with pytest.warns(UserWarning, match="could not be built .*no C\\+\\+ compiler"):
         failed = ghm_kernel.build()
     assert failed is None
+    monkeypatch.setattr(cpp_extension, "load", lambda **kwargs: object())     # "built", but without the ops
+    with pytest.warns(UserWarning, match="lacks \\['ghm_slots', 'ghm_harmonized_bce'\\]"):
+        assert ghm_kernel.build() is None
     monkeypatch.setitem(ghm_kernel._loaded, "module", failed)    # this process's load() as if it had failed
     assert ghm_kernel.for_tensor(paddle.zeros([1])) is None
     got = run_steps(stock_ops, True, step, "float64")[0]

@@ -29,6 +29,7 @@ SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ghm_kernel.cc
 CXX_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd"]
 LD_FLAGS = ["-lmvec"]
 SWITCH = "PADDLE_IMPL_CPU_KERNELS"
+OPS = ("ghm_slots", "ghm_harmonized_bce")
 
 
 def _cpu_flags():
@@ -73,8 +74,12 @@ def build():
         # Paddle prints "Compiling user custom op" at every load, even of an up-to-date build
         with open(lock_path, "w") as lock, contextlib.redirect_stdout(io.StringIO()):
             fcntl.flock(lock, fcntl.LOCK_EX)               # one build at a time when processes start together
-            return cpp_extension.load(name=name, sources=[SOURCE], extra_cxx_cflags=CXX_FLAGS,
-                                      extra_ldflags=LD_FLAGS)
+            module = cpp_extension.load(name=name, sources=[SOURCE], extra_cxx_cflags=CXX_FLAGS,
+                                        extra_ldflags=LD_FLAGS)
+        missing = [op for op in OPS if not hasattr(module, op)]
+        if missing:
+            raise RuntimeError(f"the built module lacks {missing}")
+        return module
     except Exception as exc:                               # any build failure: fall back, never fail the loss
         warnings.warn(f"GHM-C CPU kernel could not be built ({type(exc).__name__}: {exc}); "
                       f"using Paddle's stock ops (same results, slower). Set {SWITCH}=0 to skip the attempt.")
