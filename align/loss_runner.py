@@ -276,8 +276,6 @@ def run_spec(spec, dtype="float64", out="reports", seed=0):
              "timings": timings,
              "notes": ("rows '<key>': torch vs paddle; rows '<key> vs numpy': both twins' float64 runs vs the "
                        "float64 NumPy reference (max_rel <= 1e-9)")}
-    if "implementation" in spec.extra:
-        extra["implementation"] = spec.extra["implementation"]()
     moves = {c: i["bin_moves"] for c, i in case_info.items() if "bin_moves" in i}
     if moves:
         extra["bin_moves"] = moves

@@ -8,6 +8,8 @@ The caller's exit status is 0 iff summary["passed"].
 """
 import math
 import os
+import platform
+import sys
 
 import numpy as np
 from reprod_log import ReprodLogger
@@ -76,6 +78,18 @@ def worst_key(summary, skip=lambda stats: False):
     return max(rows, key=lambda kv: kv[1]) if rows else ("", 0.0)
 
 
+def environment():
+    """Versions and code paths behind a report: what a reader needs to reproduce it."""
+    env = {"python": platform.python_version(), "numpy": np.__version__}
+    for name in ("torch", "paddle"):
+        if name in sys.modules:
+            env[name] = sys.modules[name].__version__
+    kernel = sys.modules.get("paddle_impl.losses.ghm_kernel")
+    if kernel is not None and kernel.status() is not None:
+        env["paddle_ghmc"] = kernel.status()                   # CPU kernel or stock ops (see README)
+    return env
+
+
 def write_report(out_dir, check, dtype, torch_log, paddle_log, results, order=None, extra=None,
                  fp64_max_rel=None):
     """Write the three report files and return the summary dict.
@@ -99,6 +113,7 @@ def write_report(out_dir, check, dtype, torch_log, paddle_log, results, order=No
         "rule": rule_text(dtype, fp64_max_rel),
         "num_keys": len(results),
         "keys": {k: results[k] for k in order if k in results},
+        "environment": environment(),
     }
     if extra:
         for k, v in extra.items():

@@ -45,6 +45,7 @@ def test_kernel_builds_on_this_machine():
     assert ghm_kernel.enabled()
     assert all(hasattr(kernel(), op) for op in ghm_kernel.OPS)
     assert ghm_kernel.for_tensor(paddle.zeros([2, 2])) is kernel()
+    assert ghm_kernel.status() == "fused CPU kernel"
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -135,7 +136,9 @@ def test_stock_path_serves_when_the_build_fails(monkeypatch, stock_ops):
     with pytest.warns(UserWarning, match="lacks \\['ghm_slots', 'ghm_harmonized_bce'\\]"):
         assert ghm_kernel.build() is None
     monkeypatch.setitem(ghm_kernel._loaded, "module", failed)    # this process's load() as if it had failed
+    stock_ops(True)
     assert ghm_kernel.for_tensor(paddle.zeros([1])) is None
+    assert ghm_kernel.status() == "stock ops (the kernel could not be built)"
     got = run_steps(stock_ops, True, step, "float64")[0]
     assert got[0] == expected[0]
     np.testing.assert_array_equal(got[1], expected[1])
@@ -144,3 +147,4 @@ def test_stock_path_serves_when_the_build_fails(monkeypatch, stock_ops):
 def test_switch_turns_the_kernel_off(stock_ops):
     stock_ops(False)
     assert ghm_kernel.for_tensor(paddle.zeros([1])) is None
+    assert ghm_kernel.status().startswith("stock ops (PADDLE_IMPL_CPU_KERNELS=0")

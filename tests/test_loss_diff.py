@@ -7,6 +7,7 @@ import numpy as np
 import paddle
 import paddle.nn.functional as PF
 import pytest
+import torch
 from reprod_log import ReprodDiffHelper
 
 from align import loss_diff
@@ -74,7 +75,9 @@ def test_ghm_bins_never_move_in_float64(reports):
         counts = [v for case in moves.values() for step in case.values() for m in step.values() for v in m.values()]
         assert counts and not any(counts)
         assert _summary(root, name)["cases"]["momentum_steps"]["steps"] == 5
-    assert _summary(root, "ghmc")["implementation"] == "paddle: fused CPU kernel (paddle_impl/losses/ghm_kernel.cc)"
+    env = _summary(root, "ghmc")["environment"]                 # versions and the Paddle GHM-C path that ran
+    assert env["paddle_ghmc"] == "fused CPU kernel"
+    assert env["torch"] == torch.__version__ and env["paddle"] == paddle.__version__
 
 
 def _only(spec, names):

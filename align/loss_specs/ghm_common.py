@@ -57,9 +57,8 @@ def explain_moves(ref_factory, configs, steps, torch_diag, paddle_diag):
     return out
 
 
-def ghm_spec(name, class_name, ref_factory, configs, make_cases, description, implementation=None):
-    """A LossSpec running `class_name` of each twin in every configuration at once (MultiLoss).
-    implementation: () -> text for the report, which code path a twin ran where it has several."""
+def ghm_spec(name, class_name, ref_factory, configs, make_cases, description):
+    """A LossSpec running `class_name` of each twin in every configuration at once (MultiLoss)."""
     def build(lib_fn):
         return lambda dtype: MultiLoss({n: getattr(lib_fn(), class_name)(**cfg) for n, cfg in configs.items()})
 
@@ -79,6 +78,5 @@ def ghm_spec(name, class_name, ref_factory, configs, make_cases, description, im
             "explain_diag": lambda steps, t_diag, p_diag: explain_moves(ref_factory, configs, steps, t_diag, p_diag),
             "configs": configs,
             "float32_rule": __doc__.split("Float32 rule (see align/loss_runner.py): ")[1].strip(),
-            **({"implementation": implementation} if implementation else {}),
         },
     )

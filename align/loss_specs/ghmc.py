@@ -66,15 +66,5 @@ def make_cases(rng):
     ]
 
 
-def paddle_path():
-    """Which of Paddle's GHM-C paths runs on CPU here (both follow the same definition)."""
-    import paddle
-    from paddle_impl.losses import ghm_kernel
-    if ghm_kernel.for_tensor(paddle.zeros([1])) is not None:
-        return "paddle: fused CPU kernel (paddle_impl/losses/ghm_kernel.cc)"
-    return "paddle: stock ops (the CPU kernel is off or could not be built)"
-
-
 SPEC = ghm_spec("ghmc", "GHMC", GHMCRef, CONFIGS, make_cases,
-                "GHM-C (mmdetection): bins 10 / momentum 0 and bins 30 / momentum 0.75, state compared per call",
-                implementation=paddle_path)
+                "GHM-C (mmdetection): bins 10 / momentum 0 and bins 30 / momentum 0.75, state compared per call")

@@ -86,6 +86,15 @@ def build():
         return None
 
 
+def status():
+    """What Paddle's GHM-C has run on CPU in this process, for reports; None before its first call."""
+    if not enabled():
+        return f"stock ops ({SWITCH}=0 or not Linux)"
+    if "module" not in _loaded:
+        return None
+    return "fused CPU kernel" if _loaded["module"] is not None else "stock ops (the kernel could not be built)"
+
+
 def for_tensor(pred):
     """The kernel module if it applies to `pred` (a CPU tensor, kernels enabled and built), else None."""
     if not enabled() or not pred.place.is_cpu_place():
