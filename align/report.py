@@ -85,8 +85,9 @@ def environment():
         if name in sys.modules:
             env[name] = sys.modules[name].__version__
     kernel = sys.modules.get("paddle_impl.losses.ghm_kernel")
-    if kernel is not None and kernel.status() is not None:
-        env["paddle_ghmc"] = kernel.status()                   # CPU kernel or stock ops (see README)
+    status = kernel.status() if kernel is not None else None
+    if status is not None:
+        env["paddle_ghmc"] = status                            # CPU kernel or stock ops (see README)
     return env
 
 

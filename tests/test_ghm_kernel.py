@@ -145,6 +145,10 @@ def test_stock_path_serves_when_the_build_fails(monkeypatch, stock_ops):
 
 
 def test_switch_turns_the_kernel_off(stock_ops):
+    stock_ops(True)
+    with ghm_kernel.disabled():                                  # the context the benchmark uses
+        assert ghm_kernel.for_tensor(paddle.zeros([1])) is None
+    assert ghm_kernel.for_tensor(paddle.zeros([1])) is kernel()  # and restored after it
     stock_ops(False)
     assert ghm_kernel.for_tensor(paddle.zeros([1])) is None
     assert ghm_kernel.status().startswith("stock ops (PADDLE_IMPL_CPU_KERNELS=0")

@@ -175,20 +175,21 @@ class GHMC(_GHMBase):
         checks.check_like("label_weight", label_weight, "pred", pred, same_shape=False, low=0.0)
         if checks.shape_of(label_weight) == (n,):
             label_weight = label_weight.unsqueeze(1).expand([n, c])
-        elif checks.shape_of(label_weight) != (n, c):
-            raise ValueError(f"label_weight must have shape ({n}, {c}) or ({n},), got {checks.shape_of(label_weight)}")
+        else:
+            checks.check_shape("label_weight", label_weight, (n, c), f"({n}, {c}) or ({n},)")
         return target.detach(), label_weight.detach()
 
     def _kernel_slots(self, kernel, pred, target, label_weight):
-        return kernel.ghm_slots(pred.detach().contiguous(), target.contiguous(), label_weight.contiguous(),
-                                self.upper.astype(pred.dtype), self.bins)
+        """The kernel's slots; target and label_weight come contiguous from the caller."""
+        return kernel.ghm_slots(pred.detach().contiguous(), target, label_weight, self.upper.astype(pred.dtype),
+                                self.bins)
 
     def bin_index(self, pred, target, label_weight):
         """Bin of every (anchor, class) element as forward assigns it (`bins` = ignored)."""
         target, label_weight = self._prepare(pred, target, label_weight)
         kernel = ghm_kernel.for_tensor(pred)
         if kernel is not None:
-            return self._kernel_slots(kernel, pred, target, label_weight).astype("int64")
+            return self._kernel_slots(kernel, pred, target.contiguous(), label_weight.contiguous()).astype("int64")
         g = (F.sigmoid(pred.detach()) - target).abs()
         return bin_index(g, self.upper, self.bins, label_weight > 0)
 
@@ -196,9 +197,10 @@ class GHMC(_GHMBase):
         target, label_weight = self._prepare(pred, target, label_weight)
         kernel = ghm_kernel.for_tensor(pred)
         if kernel is not None:
-            slot = self._kernel_slots(kernel, pred, target, label_weight)
+            target = target.contiguous()
+            slot = self._kernel_slots(kernel, pred, target, label_weight.contiguous())
             table = self._table(slot, pred.dtype)
-            return FusedHarmonizedBCE.apply(pred, target.contiguous(), slot, table, kernel) * self.loss_weight
+            return FusedHarmonizedBCE.apply(pred, target, slot, table, kernel) * self.loss_weight
         diff = F.sigmoid(pred.detach()).subtract_(target)    # g = |diff|; also the BCE's gradient
         weights = self._weights(diff.abs(), label_weight <= 0)
         return HarmonizedBCE.apply(pred, target, diff, weights) * self.loss_weight

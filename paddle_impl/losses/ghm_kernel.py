@@ -86,6 +86,20 @@ def build():
         return None
 
 
+@contextlib.contextmanager
+def disabled():
+    """Run Paddle's GHM-C on its stock-op path inside the block (sets the switch, then restores it)."""
+    saved = os.environ.get(SWITCH)
+    os.environ[SWITCH] = "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ[SWITCH]
+        else:
+            os.environ[SWITCH] = saved
+
+
 def status():
     """What Paddle's GHM-C has run on CPU in this process, for reports; None before its first call."""
     if not enabled():

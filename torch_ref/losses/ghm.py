@@ -152,8 +152,8 @@ class GHMC(_GHMBase):
         checks.check_like("label_weight", label_weight, "pred", pred, same_shape=False, low=0.0)
         if checks.shape_of(label_weight) == (n,):
             label_weight = label_weight.unsqueeze(1).expand(n, c)
-        elif checks.shape_of(label_weight) != (n, c):
-            raise ValueError(f"label_weight must have shape ({n}, {c}) or ({n},), got {checks.shape_of(label_weight)}")
+        else:
+            checks.check_shape("label_weight", label_weight, (n, c), f"({n}, {c}) or ({n},)")
         return target.detach(), label_weight.detach()
 
     def bin_index(self, pred, target, label_weight):
