@@ -84,10 +84,11 @@ def environment():
     for name in ("torch", "paddle"):
         if name in sys.modules:
             env[name] = sys.modules[name].__version__
-    kernel = sys.modules.get("paddle_impl.losses.ghm_kernel")
-    status = kernel.status() if kernel is not None else None
-    if status is not None:
-        env["paddle_ghmc"] = status                            # CPU kernel or stock ops (see README)
+    for name, package in (("torch", "torch_ref"), ("paddle", "paddle_impl")):
+        kernel = sys.modules.get(f"{package}.losses.ghm_kernel")
+        status = kernel.status() if kernel is not None else None
+        if status is not None:
+            env[f"{name}_ghmc"] = status                       # CPU kernel or stock ops (see README)
     return env
 
 

@@ -8,10 +8,11 @@ The loops below are the baselines, written as their authors wrote them: GHM-C as
 timing covers the loss value and the gradient w.r.t. the logits (forward + backward for autograd losses).
 Before timing, every pair is checked to give the same value and gradient: in float64 to 1e-9 (at the quick
 sizes, where the float64 loops are cheap) and in float32, the benchmark dtype, to FLOAT32_TOL (the gradient
-of Paddle's GHM-C kernel on all elements but those within rounding of a bin edge; the table says how many).
+of the GHM-C kernels on all elements but those within rounding of a bin edge; the table says how many).
 
-Paddle's GHM-C runs on its fused CPU kernel (paddle_impl/losses/ghm_kernel.py); the row "paddle-stock" times
-its stock-op path too, the fallback where the kernel cannot be built, for information (not gated).
+GHM-C runs on the fused CPU kernels of both twins (*/losses/ghm_kernel.py); the rows "torch-stock" and
+"paddle-stock" time their stock-op paths too, the fallback where a kernel cannot be built, for information
+(not gated).
 """
 import argparse
 import os
@@ -154,8 +155,9 @@ class Torch:
     def __init__(self):
         import torch
         from torch_ref.losses.aploss import ap_loss
+        from torch_ref.losses import ghm_kernel
         from torch_ref.losses.ghm import GHMC
-        self.torch, self.ap_loss, self.ghmc = torch, ap_loss, GHMC()
+        self.torch, self.ap_loss, self.ghmc, self.ghm_kernel = torch, ap_loss, GHMC(), ghm_kernel
 
     def tensors(self, logits, *rest):
         """Inputs converted once, outside the timing: the logits as a leaf that collects the gradient."""
@@ -175,9 +177,10 @@ class Paddle:
     def __init__(self):
         import paddle
         from paddle_impl.losses.aploss import ap_loss
+        from paddle_impl.losses import ghm_kernel
         from paddle_impl.losses.ghm import GHMC
         paddle.set_device("cpu")
-        self.paddle, self.ap_loss, self.ghmc = paddle, ap_loss, GHMC()
+        self.paddle, self.ap_loss, self.ghmc, self.ghm_kernel = paddle, ap_loss, GHMC(), ghm_kernel
 
     def tensors(self, logits, *rest):
         return (self.paddle.to_tensor(logits, stop_gradient=False),) + tuple(self.paddle.to_tensor(a) for a in rest)
@@ -269,11 +272,11 @@ def timed(fns, args, repeats):
     return {name: min(t) for name, t in times.items()}, results
 
 
-def on_stock_ops(fn):
-    """fn with Paddle's GHM-C on its stock-op path (the fallback where the fused CPU kernel cannot be built)."""
+def on_stock_ops(fw, fn):
+    """fn with the framework's GHM-C on its stock-op path (the fallback where its fused CPU kernel cannot be
+    built)."""
     def run(*args):
-        from paddle_impl.losses import ghm_kernel
-        with ghm_kernel.disabled():
+        with fw.ghm_kernel.disabled():
             return fn(*args)
     return run
 
@@ -292,22 +295,22 @@ def run(quick, seed=0):
     rows = []
     for loss, (key, make) in cases.items():
         args = make(rng, sizes, np.float32)
-        # float32 GHM-C on Paddle's kernel: elements on an edge to within rounding may bin apart from the loop
-        # (its sigmoid is not Paddle's); every other row uses the loop's own sigmoid and is compared whole
+        # float32 GHM-C on a kernel: elements on an edge to within rounding may bin apart from the loop (the
+        # kernel's sigmoid is not the framework's); the stock rows use the loop's sigmoid and are compared whole
         near_edge = near_ghmc_edges(*args[:2]) if key == "ghmc" else None
         for fw in frameworks:
             fns, tensors = variants(fw), fw.tensors(*args)
             contenders = {"loop": fns[key, "loop"], fw.name: fns[key, "ours"]}
-            if key == "ghmc" and fw.name == "paddle":
-                contenders["paddle-stock"] = on_stock_ops(fns[key, "ours"])
+            if key == "ghmc":
+                contenders[f"{fw.name}-stock"] = on_stock_ops(fw, fns[key, "ours"])
             repeats = 2 if key == "ap" and not quick else 5         # the AP-Loss loops take ~15 s a call
             times, results = timed(contenders, tensors, repeats)
             for name in [n for n in contenders if n != "loop"]:
-                skip = near_edge if key == "ghmc" and name == "paddle" else None
+                skip = near_edge if key == "ghmc" and name == fw.name else None
                 err = check_same(f"{loss} {name} float32", results[name], results["loop"], FLOAT32_TOL, skip)
                 rows.append({"loss": loss, "framework": name, "ours": times[name], "loop": times["loop"],
                              "speedup": times["loop"] / times[name], "max_rel": err,
-                             "gated": name != "paddle-stock", "skipped": 0 if skip is None else int(skip.sum())})
+                             "gated": not name.endswith("-stock"), "skipped": 0 if skip is None else int(skip.sum())})
     return sizes, rows
 
 
@@ -329,9 +332,10 @@ def render(sizes, rows, quick):
         lines.append(f"{r['loss']:<8} {size_text[r['loss']]:<22} {r['framework']:<12} {r['ours']:>9.3f} "
                      f"{r['loop']:>9.3f} {r['speedup']:>8.1f}x {target:>6.0f}x {r['max_rel']:>9.1e}  {verdict}")
     skipped = max((r["skipped"] for r in rows), default=0)
-    lines.append(f"note: Paddle's GHM-C kernel gradients compared on all but {skipped} elements with g within "
-                 f"{EDGE_TOLERANCE:.1e} of an edge (its float32 sigmoid may bin them apart from the loop's)")
-    lines.append("note: paddle-stock is Paddle's GHM-C on stock ops, as where its fused CPU kernel cannot be built")
+    lines.append(f"note: the GHM-C kernels' gradients compared on all but {skipped} elements with g within "
+                 f"{EDGE_TOLERANCE:.1e} of an edge (their float32 sigmoid may bin them apart from the loop's)")
+    lines.append("note: torch-stock and paddle-stock are GHM-C on stock ops, as where the fused CPU kernel cannot "
+                 "be built")
     lines.append("")
     lines.append("paddle / torch time ratio (> 1: paddle slower):")
     for loss in TARGETS:

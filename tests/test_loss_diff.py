@@ -75,8 +75,8 @@ def test_ghm_bins_never_move_in_float64(reports):
         counts = [v for case in moves.values() for step in case.values() for m in step.values() for v in m.values()]
         assert counts and not any(counts)
         assert _summary(root, name)["cases"]["momentum_steps"]["steps"] == 5
-    env = _summary(root, "ghmc")["environment"]                 # versions and the Paddle GHM-C path that ran
-    assert env["paddle_ghmc"] == "fused CPU kernel"
+    env = _summary(root, "ghmc")["environment"]                 # versions and the GHM-C paths that ran
+    assert env["paddle_ghmc"] == env["torch_ghmc"] == "fused CPU kernel"
     assert env["torch"] == torch.__version__ and env["paddle"] == paddle.__version__
 
 

@@ -61,14 +61,12 @@ def bin_index(g, upper, bins, valid):
     return bin_slot(paddle.masked_fill(g, ~valid, IGNORED_G), upper, bins).clip(max=bins).astype("int64")
 
 
-def slot_weights(slot, num_slots, bins, acc_sum, momentum):
-    """Weight of each slot (a table for gather) and the updated acc_sum.
+def bin_weights(counts, acc_sum, momentum):
+    """Weight of each bin (int64 counts: elements per bin) and the updated acc_sum.
 
     mmdetection weighs an element of bin k by tot / num_k (tot / acc_sum_k with momentum) / n, n the number
-    of non-empty bins, and divides the weighted sum by tot: tot cancels, so the table holds 1 / (num_k * n)
-    (1 / (acc_sum_k * n)) for non-empty bins and 0 for empty bins and every "no bin" slot. acc_sum carries
-    the dtype; everything is detached."""
-    counts = paddle.bincount(slot.flatten(), minlength=num_slots)[:bins]
+    of non-empty bins, and divides the weighted sum by tot: tot cancels, so bin k weighs 1 / (num_k * n)
+    (1 / (acc_sum_k * n)) if non-empty, 0 if empty. acc_sum carries the dtype; everything is detached."""
     nonempty = counts > 0
     num = counts.astype(acc_sum.dtype)
     if momentum > 0:
@@ -76,8 +74,7 @@ def slot_weights(slot, num_slots, bins, acc_sum, momentum):
     denom = acc_sum if momentum > 0 else num
     n = nonempty.sum().astype(acc_sum.dtype).clip(min=1)
     ones = paddle.ones_like(num)
-    per_bin = paddle.where(nonempty, 1 / (paddle.where(nonempty, denom, ones) * n), paddle.zeros_like(num))
-    return paddle.concat([per_bin, paddle.zeros([num_slots - bins], dtype=per_bin.dtype)]), acc_sum
+    return paddle.where(nonempty, 1 / (paddle.where(nonempty, denom, ones) * n), paddle.zeros_like(num)), acc_sum
 
 
 class HarmonizedBCE(paddle.autograd.PyLayer):
@@ -103,19 +100,19 @@ class HarmonizedBCE(paddle.autograd.PyLayer):
 
 
 class FusedHarmonizedBCE(paddle.autograd.PyLayer):
-    """HarmonizedBCE on the fused CPU kernel (ghm_kernel): loss and gradient come out of one pass over
-    pred, target and the slots; weight = table[slot]."""
+    """HarmonizedBCE on the fused CPU kernel (ghm_kernel): loss and gradient come out of one pass that bins
+    every element again; weight = table[slot]. target, label_weight and upper come contiguous, detached."""
 
     @staticmethod
-    def forward(ctx, pred, target, slot, table, kernel):
-        loss, grad = kernel.ghm_harmonized_bce(pred.contiguous(), target, slot, table)
+    def forward(ctx, pred, target, label_weight, upper, table, bins, kernel):
+        loss, grad = kernel.ghm_harmonized_bce(pred.detach().contiguous(), target, label_weight, upper, table, bins)
         ctx.save_for_backward(grad)
         return loss
 
     @staticmethod
     def backward(ctx, grad_out):
         (grad,) = ctx.saved_tensor()
-        return grad * grad_out, None, None, None
+        return grad * grad_out, None, None, None, None
 
 
 def _check_config(bins, momentum):
@@ -134,18 +131,20 @@ class _GHMBase(nn.Layer):
         self.register_buffer("upper", upper_edges(self.edges), persistable=False)
         self.register_buffer("acc_sum", paddle.zeros([bins], dtype="float32"), persistable=True)
 
-    def _table(self, slot, dtype):
-        """Per-slot weight / tot (see slot_weights); updates acc_sum with momentum."""
-        table, acc_sum = slot_weights(slot, self.upper.shape[0], self.bins, self.acc_sum.astype(dtype),
-                                      self.momentum)
+    def _table(self, counts, dtype, slots):
+        """Weight / tot of each of `slots` slots: the bins' (see bin_weights), then 0 for "no bin"; updates
+        acc_sum with momentum."""
+        per_bin, acc_sum = bin_weights(counts, self.acc_sum.astype(dtype), self.momentum)
         if self.momentum > 0:
             self.acc_sum = acc_sum
-        return table
+        return paddle.concat([per_bin, paddle.zeros([slots - self.bins], dtype=dtype)])
 
     def _weights(self, g, invalid):
-        """Per-element weight / tot (see slot_weights) from g (overwritten) and the ignore mask."""
-        slot = bin_slot(g.masked_fill_(invalid, IGNORED_G), self.upper, self.bins)
-        return paddle.gather(self._table(slot, g.dtype), slot.flatten()).reshape(slot.shape)
+        """Per-element weight / tot (see bin_weights) from g (overwritten) and the ignore mask."""
+        slot = bin_slot(g.masked_fill_(invalid, IGNORED_G), self.upper, self.bins).flatten()
+        slots = self.upper.shape[0]
+        table = self._table(paddle.bincount(slot, minlength=slots)[:self.bins], g.dtype, slots)
+        return paddle.gather(table, slot).reshape(g.shape)
 
 
 class GHMC(_GHMBase):
@@ -153,7 +152,7 @@ class GHMC(_GHMBase):
 
     forward(pred (N, C) logits, target, label_weight): target is float (N, C) in [0, 1] or integer labels
     (N,) (labels in [0, C) are classes, anything else background -> all-zero row); label_weight is (N, C)
-    or (N,) (broadcast over classes). tot = number of elements with label_weight > 0 (at least 1); it cancels (see slot_weights).
+    or (N,) (broadcast over classes). tot = number of elements with label_weight > 0 (at least 1); it cancels (see bin_weights).
     """
 
     def __init__(self, bins=10, momentum=0.0, use_sigmoid=True, loss_weight=1.0):
@@ -179,17 +178,17 @@ class GHMC(_GHMBase):
             checks.check_shape("label_weight", label_weight, (n, c), f"({n}, {c}) or ({n},)")
         return target.detach(), label_weight.detach()
 
-    def _kernel_slots(self, kernel, pred, target, label_weight):
-        """The kernel's slots; target and label_weight come contiguous from the caller."""
-        return kernel.ghm_slots(pred.detach().contiguous(), target, label_weight, self.upper.astype(pred.dtype),
-                                self.bins)
+    def _kernel_inputs(self, pred, target, label_weight):
+        """What the kernel's ops take after pred: target, label_weight, upper, contiguous and of pred's dtype."""
+        return target.contiguous(), label_weight.contiguous(), self.upper.astype(pred.dtype)
 
     def bin_index(self, pred, target, label_weight):
         """Bin of every (anchor, class) element as forward assigns it (`bins` = ignored)."""
         target, label_weight = self._prepare(pred, target, label_weight)
         kernel = ghm_kernel.for_tensor(pred)
         if kernel is not None:
-            return self._kernel_slots(kernel, pred, target.contiguous(), label_weight.contiguous()).astype("int64")
+            inputs = self._kernel_inputs(pred, target, label_weight)
+            return kernel.ghm_slots(pred.detach().contiguous(), *inputs, self.bins).astype("int64")
         g = (F.sigmoid(pred.detach()) - target).abs()
         return bin_index(g, self.upper, self.bins, label_weight > 0)
 
@@ -197,10 +196,10 @@ class GHMC(_GHMBase):
         target, label_weight = self._prepare(pred, target, label_weight)
         kernel = ghm_kernel.for_tensor(pred)
         if kernel is not None:
-            target = target.contiguous()
-            slot = self._kernel_slots(kernel, pred, target, label_weight.contiguous())
-            table = self._table(slot, pred.dtype)
-            return FusedHarmonizedBCE.apply(pred, target, slot, table, kernel) * self.loss_weight
+            inputs = self._kernel_inputs(pred, target, label_weight)
+            counts = kernel.ghm_counts(pred.detach().contiguous(), *inputs, self.bins)
+            table = self._table(counts, pred.dtype, self.bins + 1)
+            return FusedHarmonizedBCE.apply(pred, *inputs, table, self.bins, kernel) * self.loss_weight
         diff = F.sigmoid(pred.detach()).subtract_(target)    # g = |diff|; also the BCE's gradient
         weights = self._weights(diff.abs(), label_weight <= 0)
         return HarmonizedBCE.apply(pred, target, diff, weights) * self.loss_weight
@@ -210,7 +209,7 @@ class GHMR(_GHMBase):
     """GHM-R(mu=0.02, bins=10, momentum=0, loss_weight=1.0) on ASL1 = sqrt(d^2 + mu^2) - mu.
 
     forward(pred, target, label_weight), all of one shape (N, 4); g = |d| / sqrt(d^2 + mu^2) (detached);
-    tot = sum of label_weight (at least 1; it cancels, see slot_weights). label_weight only selects elements (> 0); it gets no gradient.
+    tot = sum of label_weight (at least 1; it cancels, see bin_weights). label_weight only selects elements (> 0); it gets no gradient.
     """
 
     def __init__(self, mu=0.02, bins=10, momentum=0.0, loss_weight=1.0):

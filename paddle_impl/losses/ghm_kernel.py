@@ -1,9 +1,10 @@
 """GHM-C's fused CPU kernels (ghm_kernel.cc), compiled on first use with paddle.utils.cpp_extension.
 
-Why Paddle alone has them: at 100k anchors x 80 classes Paddle's stock CPU kernels cost ~20 ms per fresh
-buffer and ~110 ms per log1p, so GHM-C composed of them runs only ~2.5x faster than mmdetection's per-bin
-loop (the target is 3x); torch's stock kernels reach it, so the torch twin has no kernel. Two passes in C++
-(slots; then the weighted BCE with its closed-form gradient) replace about fifteen.
+Why: at 100k anchors x 80 classes Paddle's stock CPU kernels cost ~20 ms per fresh buffer and ~110 ms per
+log1p, so GHM-C composed of them runs only ~2.5x faster than mmdetection's per-bin loop (the target is 3x).
+Two passes in C++ (the bin counts; then the weighted BCE with its closed-form gradient, binning each element
+again) replace about fifteen, and allocate one anchors x classes buffer (the gradient). The torch twin
+(torch_ref/losses/ghm_kernel.*) has the same ops, written with ATen's own tools.
 
 Where the kernel cannot serve, ghm.py runs its stock-op path: the same definition, equal to rounding
 (tests/test_ghm_kernel.py holds them to each other). That is the case for non-CPU tensors, where the build
@@ -29,7 +30,7 @@ SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ghm_kernel.cc
 CXX_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd"]
 LD_FLAGS = ["-lmvec"]
 SWITCH = "PADDLE_IMPL_CPU_KERNELS"
-OPS = ("ghm_slots", "ghm_harmonized_bce")
+OPS = ("ghm_slots", "ghm_counts", "ghm_harmonized_bce")
 
 
 def _cpu_flags():

@@ -9,6 +9,10 @@ GHM-C's gradient w.r.t. the logits is the closed form (sigmoid(pred) - target) *
 sigmoid the binning needs anyway (a torch.autograd.Function): autograd through a written-out BCE would cost
 several passes more over anchors x classes.
 
+On CPU tensors GHM-C runs its two passes over anchors x classes (bin counts; weighted BCE and gradient) on
+fused kernels (ghm_kernel: stock ops sit at the edge of the speed target); the stock-op path below serves GPU
+tensors and machines where the kernel cannot be built. Both follow the same definition and bin rule.
+
 State: `acc_sum` (zeros(bins)) is a registered buffer and appears in the state_dict. It is kept in the
 dtype of the predictions that last updated it (the momentum update runs in the input dtype and replaces the
 buffer), so a float64 run never rounds its state to float32. With momentum 0 it stays zero.
@@ -16,7 +20,7 @@ buffer), so a float64 run never rounds its state to float32. With momentum 0 it 
 import torch
 from torch import nn
 
-from . import checks
+from . import checks, ghm_kernel
 
 IGNORED_G = 3.0      # ignored elements get g >= this: beyond every edge, so bin_index sends them to "no bin"
 SHRINK = 1 - 2.0 ** -20
@@ -57,22 +61,19 @@ def bin_index(g, upper, bins, valid):
     return bin_slot(g.masked_fill(~valid, IGNORED_G), upper, bins).clamp_(max=bins).long()
 
 
-def slot_weights(slot, num_slots, bins, acc_sum, momentum):
-    """Weight of each slot (a table for index_select) and the updated acc_sum.
+def bin_weights(counts, acc_sum, momentum):
+    """Weight of each bin (int64 counts: elements per bin) and the updated acc_sum.
 
     mmdetection weighs an element of bin k by tot / num_k (tot / acc_sum_k with momentum) / n, n the number
-    of non-empty bins, and divides the weighted sum by tot: tot cancels, so the table holds 1 / (num_k * n)
-    (1 / (acc_sum_k * n)) for non-empty bins and 0 for empty bins and every "no bin" slot. acc_sum carries
-    the dtype; everything is detached."""
-    counts = torch.bincount(slot.reshape(-1), minlength=num_slots)[:bins]
+    of non-empty bins, and divides the weighted sum by tot: tot cancels, so bin k weighs 1 / (num_k * n)
+    (1 / (acc_sum_k * n)) if non-empty, 0 if empty. acc_sum carries the dtype; everything is detached."""
     nonempty = counts > 0
     num = counts.to(acc_sum.dtype)
     if momentum > 0:
         acc_sum = torch.where(nonempty, momentum * acc_sum + (1 - momentum) * num, acc_sum)
     denom = acc_sum if momentum > 0 else num
     n = nonempty.sum().to(acc_sum.dtype).clamp(min=1)
-    per_bin = torch.where(nonempty, 1 / (torch.where(nonempty, denom, 1) * n), 0)
-    return torch.cat([per_bin, per_bin.new_zeros(num_slots - bins)]), acc_sum
+    return torch.where(nonempty, 1 / (torch.where(nonempty, denom, 1) * n), 0), acc_sum
 
 
 class HarmonizedBCE(torch.autograd.Function):
@@ -96,6 +97,22 @@ class HarmonizedBCE(torch.autograd.Function):
         return torch.mul(diff, weight).mul_(grad_out), None, None, None
 
 
+class FusedHarmonizedBCE(torch.autograd.Function):
+    """HarmonizedBCE on the fused CPU kernel (ghm_kernel): loss and gradient come out of one pass that bins
+    every element again; weight = table[slot]. target, label_weight and upper come contiguous, detached."""
+
+    @staticmethod
+    def forward(ctx, pred, target, label_weight, upper, table, bins, kernel):
+        loss, grad = kernel.ghm_harmonized_bce(pred.detach(), target, label_weight, upper, table, bins)
+        ctx.save_for_backward(grad)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_out, None, None, None, None, None, None
+
+
 def _check_config(bins, momentum):
     if not isinstance(bins, int) or bins < 1:
         raise ValueError(f"bins must be a positive int, got {bins!r}")
@@ -112,17 +129,20 @@ class _GHMBase(nn.Module):
         self.register_buffer("upper", upper_edges(self.edges), persistent=False)
         self.register_buffer("acc_sum", torch.zeros(bins))
 
-    def _table(self, slot, dtype):
-        """Per-slot weight / tot (see slot_weights); updates acc_sum with momentum."""
-        table, acc_sum = slot_weights(slot, self.upper.numel(), self.bins, self.acc_sum.to(dtype), self.momentum)
+    def _table(self, counts, dtype, slots):
+        """Weight / tot of each of `slots` slots: the bins' (see bin_weights), then 0 for "no bin"; updates
+        acc_sum with momentum."""
+        per_bin, acc_sum = bin_weights(counts, self.acc_sum.to(dtype), self.momentum)
         if self.momentum > 0:
             self.acc_sum = acc_sum
-        return table
+        return torch.cat([per_bin, per_bin.new_zeros(slots - self.bins)])
 
     def _weights(self, g, invalid):
-        """Per-element weight / tot (see slot_weights) from g (overwritten) and the ignore mask."""
-        slot = bin_slot(g.masked_fill_(invalid, IGNORED_G), self.upper, self.bins)
-        return self._table(slot, g.dtype).index_select(0, slot.reshape(-1)).reshape(slot.shape)
+        """Per-element weight / tot (see bin_weights) from g (overwritten) and the ignore mask."""
+        slot = bin_slot(g.masked_fill_(invalid, IGNORED_G), self.upper, self.bins).reshape(-1)
+        slots = self.upper.numel()
+        table = self._table(torch.bincount(slot, minlength=slots)[:self.bins], g.dtype, slots)
+        return table.index_select(0, slot).reshape(g.shape)
 
 
 class GHMC(_GHMBase):
@@ -130,7 +150,7 @@ class GHMC(_GHMBase):
 
     forward(pred (N, C) logits, target, label_weight): target is float (N, C) in [0, 1] or integer labels
     (N,) (labels in [0, C) are classes, anything else background -> all-zero row); label_weight is (N, C)
-    or (N,) (broadcast over classes). tot = number of elements with label_weight > 0 (at least 1); it cancels (see slot_weights).
+    or (N,) (broadcast over classes). tot = number of elements with label_weight > 0 (at least 1); it cancels (see bin_weights).
     """
 
     def __init__(self, bins=10, momentum=0.0, use_sigmoid=True, loss_weight=1.0):
@@ -156,14 +176,28 @@ class GHMC(_GHMBase):
             checks.check_shape("label_weight", label_weight, (n, c), f"({n}, {c}) or ({n},)")
         return target.detach(), label_weight.detach()
 
+    def _kernel_inputs(self, pred, target, label_weight):
+        """What the kernel's ops take after pred: target, label_weight, upper, contiguous and of pred's dtype."""
+        return target.contiguous(), label_weight.contiguous(), self.upper.to(pred.dtype)
+
     def bin_index(self, pred, target, label_weight):
         """Bin of every (anchor, class) element as forward assigns it (`bins` = ignored)."""
         target, label_weight = self._prepare(pred, target, label_weight)
+        kernel = ghm_kernel.for_tensor(pred)
+        if kernel is not None:
+            inputs = self._kernel_inputs(pred, target, label_weight)
+            return kernel.ghm_slots(pred.detach(), *inputs, self.bins).long()
         g = (pred.detach().sigmoid() - target).abs()
         return bin_index(g, self.upper, self.bins, label_weight > 0)
 
     def forward(self, pred, target, label_weight):
         target, label_weight = self._prepare(pred, target, label_weight)
+        kernel = ghm_kernel.for_tensor(pred)
+        if kernel is not None:
+            inputs = self._kernel_inputs(pred, target, label_weight)
+            counts = kernel.ghm_counts(pred.detach(), *inputs, self.bins)
+            table = self._table(counts, pred.dtype, self.bins + 1)
+            return FusedHarmonizedBCE.apply(pred, *inputs, table, self.bins, kernel) * self.loss_weight
         diff = pred.detach().sigmoid().sub_(target)           # g = |diff|; also the BCE's gradient
         weights = self._weights(diff.abs(), label_weight <= 0)
         return HarmonizedBCE.apply(pred, target, diff, weights) * self.loss_weight
@@ -173,7 +207,7 @@ class GHMR(_GHMBase):
     """GHM-R(mu=0.02, bins=10, momentum=0, loss_weight=1.0) on ASL1 = sqrt(d^2 + mu^2) - mu.
 
     forward(pred, target, label_weight), all of one shape (N, 4); g = |d| / sqrt(d^2 + mu^2) (detached);
-    tot = sum of label_weight (at least 1; it cancels, see slot_weights). label_weight only selects elements (> 0); it gets no gradient.
+    tot = sum of label_weight (at least 1; it cancels, see bin_weights). label_weight only selects elements (> 0); it gets no gradient.
     """
 
     def __init__(self, mu=0.02, bins=10, momentum=0.0, loss_weight=1.0):

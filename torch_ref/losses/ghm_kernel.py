@@ -1,0 +1,155 @@
+"""GHM-C's fused CPU kernels (ghm_kernel.cc), compiled on first use with torch.utils.cpp_extension.
+
+Why: at 100k anchors x 80 classes GHM-C composed of torch's stock CPU ops makes ~15 passes over anchors x
+classes and allocates several fresh buffers (~10 ms each in page faults); it runs only ~3x faster than
+mmdetection's per-bin loop, at the target's edge. Two passes in C++ (the bin counts; then the weighted BCE
+with its closed-form gradient, binning each element again) replace them, and allocate one anchors x classes
+buffer (the gradient). The Paddle twin (paddle_impl/losses/ghm_kernel.*) has the same ops; the two are
+written independently (ATen's Vectorized with Sleef's exp/log1p here, GCC-vectorised loops with glibc's
+vector math there), so comparing the frameworks still compares two implementations.
+
+Where the kernel cannot serve, ghm.py runs its stock-op path: the same definition, equal to rounding
+(tests/test_ghm_kernel.py holds them to each other). That is the case for non-CPU tensors, where the build
+fails (no C++ compiler, no ninja; a warning says why once), on platforms other than Linux, and with
+TORCH_REF_CPU_KERNELS=0 in the environment.
+
+The build is compiled for this CPU (-march=native, AVX2 code paths of ATen's Vectorized where the CPU has
+AVX2 and FMA) into torch's extension directory (TORCH_EXTENSIONS_DIR, default ~/.cache/torch_extensions)
+under a name that hashes the source (its text and its path), the flags, torch's version and the CPU's
+feature flags: a changed source or another machine sharing the directory never loads a stale build. torch
+locks the build directory itself while it builds. The first build takes ~20 s; later processes load it in
+well under a second. The ops register as torch.ops.torch_ref_ghm.{ghm_slots, ghm_counts, ghm_harmonized_bce}.
+"""
+import contextlib
+import hashlib
+import logging
+import os
+import platform
+import warnings
+
+import torch
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ghm_kernel.cc")
+NAMESPACE = "torch_ref_ghm"
+SWITCH = "TORCH_REF_CPU_KERNELS"
+OPS = ("ghm_slots", "ghm_counts", "ghm_harmonized_bce")
+LD_FLAGS = ["-fopenmp"]
+
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith("flags")), platform.processor())
+    except OSError:
+        return platform.processor()
+
+
+def cxx_flags():
+    """-O3 for this CPU; ATen's AVX2 Vectorized where the CPU has it (else its portable one); -fopenmp so
+    that at::parallel_for runs on torch's threads (it is inline, OpenMP in ATen's builds for Linux)."""
+    flags = ["-O3", "-march=native", "-fopenmp"]
+    if {"avx2", "fma"} <= set(_cpu_flags().split()):
+        flags += ["-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+    return flags
+
+
+def build_name():
+    digest = hashlib.sha1()
+    with open(SOURCE, "rb") as f:
+        digest.update(f.read())
+    for part in (SOURCE, " ".join(cxx_flags() + LD_FLAGS), torch.__version__, _cpu_flags()):
+        digest.update(part.encode())
+    return "ghm_kernel_" + digest.hexdigest()[:12]
+
+
+def enabled():
+    return os.environ.get(SWITCH, "1") != "0" and platform.system() == "Linux"
+
+
+_loaded = {}      # "module": what build() returned; torch registers a library namespace once per process
+
+
+def load():
+    """The ops (torch.ops.torch_ref_ghm: ghm_slots, ghm_counts, ghm_harmonized_bce), built once per process,
+    or None."""
+    if "module" not in _loaded:
+        _loaded["module"] = build()
+    return _loaded["module"]
+
+
+def _import_cpp_extension():
+    """torch.utils.cpp_extension, without the CUDA_HOME warning its import logs on torch's CUDA build (moot
+    for a CPU kernel)."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        logger.setLevel(level)
+    return cpp_extension
+
+
+@contextlib.contextmanager
+def _ninja_on_path():
+    """torch builds with the `ninja` command; the ninja package (a dependency) puts it next to the venv's
+    python, which is not on PATH when that python runs without the venv activated."""
+    saved = os.environ.get("PATH", "")
+    try:
+        import ninja
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + saved
+    except ImportError:                                    # a system ninja may still serve
+        pass
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = saved
+
+
+def build():
+    """Compile the kernel (or find it up to date) and load it; None, with a warning, where that fails.
+    Call it once per process (load does): a second library registering the namespace is an error."""
+    try:
+        cpp_extension = _import_cpp_extension()
+        with _ninja_on_path():
+            cpp_extension.load(name=build_name(), sources=[SOURCE], extra_cflags=cxx_flags(),
+                               extra_ldflags=LD_FLAGS, is_python_module=False, with_cuda=False, verbose=False)
+        ops = getattr(torch.ops, NAMESPACE)
+        missing = [op for op in OPS if not hasattr(ops, op)]
+        if missing:
+            raise RuntimeError(f"the built library lacks {missing}")
+        return ops
+    except Exception as exc:                               # any build failure: fall back, never fail the loss
+        warnings.warn(f"GHM-C CPU kernel could not be built ({type(exc).__name__}: {exc}); "
+                      f"using torch's stock ops (same results, slower). Set {SWITCH}=0 to skip the attempt.")
+        return None
+
+
+@contextlib.contextmanager
+def disabled():
+    """Run torch's GHM-C on its stock-op path inside the block (sets the switch, then restores it)."""
+    saved = os.environ.get(SWITCH)
+    os.environ[SWITCH] = "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ[SWITCH]
+        else:
+            os.environ[SWITCH] = saved
+
+
+def status():
+    """What torch's GHM-C has run on CPU in this process, for reports; None before its first call."""
+    if not enabled():
+        return f"stock ops ({SWITCH}=0 or not Linux)"
+    if "module" not in _loaded:
+        return None
+    return "fused CPU kernel" if _loaded["module"] is not None else "stock ops (the kernel could not be built)"
+
+
+def for_tensor(pred):
+    """The kernel's ops if they apply to `pred` (a CPU tensor, kernels enabled and built), else None."""
+    if not enabled() or pred.device.type != "cpu":
+        return None
+    return load()
