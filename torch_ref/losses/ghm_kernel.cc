@@ -1,15 +1,19 @@
-// GHM-C's two passes over anchors x classes as fused ATen CPU kernels (see ghm_kernel.py for why and how they
+// GHM-C's passes over anchors x classes as fused ATen CPU kernels (see ghm_kernel.py for why and how they
 // load), registered as the custom ops torch.ops.torch_ref_ghm.*.
 //
-// ghm_slots: slot of every element from pred, target, label_weight: its bin k (edges[k] <= g < edges[k + 1],
-//   g = |sigmoid(pred) - target|) by the rule of ghm.bin_slot (floor of g * bins * (1 - 2^-20), then one
-//   comparison with the next edge), or `bins` ("no bin") where label_weight <= 0.
+// The slot of an element is its bin k (edges[k] <= g < edges[k + 1], g = |sigmoid(pred) - target|) by the rule
+// of ghm.bin_slot (floor of g * bins * (1 - 2^-20), then one comparison with the next edge, upper[k]), or
+// `bins` ("no bin") where label_weight <= 0.
+// ghm_slots: the slot of every element (int32; GHMC.bin_index).
+// ghm_counts: the number of elements in each bin (int64, `bins` of them): what the weights need.
 // ghm_harmonized_bce: sum(table[slot] * BCE-with-logits(pred, target)) and its gradient w.r.t. pred,
-//   (sigmoid(pred) - target) * table[slot], in one pass.
+//   (sigmoid(pred) - target) * table[slot], in one pass that bins each element again (cheaper than storing
+//   the slots: a fresh anchors x classes buffer costs more than the arithmetic). table[bins] = 0 is "no bin".
 //
 // The math runs on at::vec::Vectorized (ATen's own SIMD type: Sleef's exp and log1p, AVX2 where the build
 // enables it), the work is split with at::parallel_for. The loss is summed in double over fixed blocks of
 // elements and the block sums are added in order, so the result does not depend on the number of threads.
+// The Paddle twin (paddle_impl/losses/ghm_kernel.cc) is written independently, the way Paddle extensions are.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -17,9 +21,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <mutex>
 #include <type_traits>
-#include <cstdint>
 #include <vector>
 
 namespace {
@@ -35,7 +39,7 @@ Vectorized<T> sigmoid_from(const Vectorized<T>& x, const Vectorized<T>& e) {
   return Vectorized<T>::blendv(e * inv, inv, x >= Vectorized<T>(T(0)));
 }
 
-// table[index] lane by lane, by scalar loads: faster than a vector gather on the CPUs measured.
+// table[index] lane by lane, by scalar loads (as fast as a vector gather here, for both lane widths).
 template <typename T>
 Vectorized<T> lookup(const T* table, const Vectorized<at::vec::int_same_size_t<T>>& index) {
   constexpr int64_t V = Vectorized<T>::size();
