@@ -9,7 +9,7 @@ GHM-C's gradient w.r.t. the logits is the closed form (sigmoid(pred) - target) *
 sigmoid the binning needs anyway (a paddle.autograd.PyLayer): autograd through a written-out BCE would cost
 several passes more over anchors x classes.
 
-On CPU tensors GHM-C runs its two passes over anchors x classes (slots; weighted BCE and gradient) on fused
+On CPU tensors GHM-C runs its two passes over anchors x classes (bin counts; weighted BCE and gradient) on fused
 kernels (ghm_kernel: Paddle's stock CPU kernels are too slow for the speed target); the stock-op path below
 serves GPU tensors and machines where the kernel cannot be built. Both follow the same definition and bin rule.
 
@@ -101,18 +101,18 @@ class HarmonizedBCE(paddle.autograd.PyLayer):
 
 class FusedHarmonizedBCE(paddle.autograd.PyLayer):
     """HarmonizedBCE on the fused CPU kernel (ghm_kernel): loss and gradient come out of one pass that bins
-    every element again; weight = table[slot]. target, label_weight and upper come contiguous, detached."""
+    every element again; weight = table[slot]. `inputs`: the kernel's (see GHMC._kernel_inputs), detached."""
 
     @staticmethod
-    def forward(ctx, pred, target, label_weight, upper, table, bins, kernel):
-        loss, grad = kernel.ghm_harmonized_bce(pred.detach().contiguous(), target, label_weight, upper, table, bins)
+    def forward(ctx, pred, inputs, table, bins, kernel):
+        loss, grad = kernel.ghm_harmonized_bce(*inputs, table, bins)
         ctx.save_for_backward(grad)
         return loss
 
     @staticmethod
     def backward(ctx, grad_out):
         (grad,) = ctx.saved_tensor()
-        return grad * grad_out, None, None, None, None
+        return grad * grad_out, None
 
 
 def _check_config(bins, momentum):
@@ -179,8 +179,10 @@ class GHMC(_GHMBase):
         return target.detach(), label_weight.detach()
 
     def _kernel_inputs(self, pred, target, label_weight):
-        """What the kernel's ops take after pred: target, label_weight, upper, contiguous and of pred's dtype."""
-        return target.contiguous(), label_weight.contiguous(), self.upper.astype(pred.dtype)
+        """What the kernel's ops take before `bins`: pred (detached), target, label_weight and upper, contiguous
+        and of pred's dtype."""
+        return (pred.detach().contiguous(), target.contiguous(), label_weight.contiguous(),
+                self.upper.astype(pred.dtype))
 
     def bin_index(self, pred, target, label_weight):
         """Bin of every (anchor, class) element as forward assigns it (`bins` = ignored)."""
@@ -188,7 +190,7 @@ class GHMC(_GHMBase):
         kernel = ghm_kernel.for_tensor(pred)
         if kernel is not None:
             inputs = self._kernel_inputs(pred, target, label_weight)
-            return kernel.ghm_slots(pred.detach().contiguous(), *inputs, self.bins).astype("int64")
+            return kernel.ghm_slots(*inputs, self.bins).astype("int64")
         g = (F.sigmoid(pred.detach()) - target).abs()
         return bin_index(g, self.upper, self.bins, label_weight > 0)
 
@@ -197,9 +199,8 @@ class GHMC(_GHMBase):
         kernel = ghm_kernel.for_tensor(pred)
         if kernel is not None:
             inputs = self._kernel_inputs(pred, target, label_weight)
-            counts = kernel.ghm_counts(pred.detach().contiguous(), *inputs, self.bins)
-            table = self._table(counts, pred.dtype, self.bins + 1)
-            return FusedHarmonizedBCE.apply(pred, *inputs, table, self.bins, kernel) * self.loss_weight
+            table = self._table(kernel.ghm_counts(*inputs, self.bins), pred.dtype, self.bins + 1)
+            return FusedHarmonizedBCE.apply(pred, inputs, table, self.bins, kernel) * self.loss_weight
         diff = F.sigmoid(pred.detach()).subtract_(target)    # g = |diff|; also the BCE's gradient
         weights = self._weights(diff.abs(), label_weight <= 0)
         return HarmonizedBCE.apply(pred, target, diff, weights) * self.loss_weight

@@ -18,6 +18,7 @@ loads a stale build, and two checkouts never rebuild a library the other has loa
 The first build takes ~15 s; later processes spend ~2 s in Paddle's up-to-date check.
 """
 import contextlib
+import functools
 import hashlib
 import io
 import os
@@ -33,6 +34,7 @@ SWITCH = "PADDLE_IMPL_CPU_KERNELS"
 OPS = ("ghm_slots", "ghm_counts", "ghm_harmonized_bce")
 
 
+@functools.lru_cache(maxsize=None)
 def _cpu_flags():
     try:
         with open("/proc/cpuinfo") as f:
@@ -58,7 +60,7 @@ _loaded = {}      # "module": what build() returned; Paddle registers custom ops
 
 
 def load():
-    """The compiled module (ops ghm_slots, ghm_harmonized_bce), built once per process, or None."""
+    """The compiled module (ops ghm_slots, ghm_counts, ghm_harmonized_bce), built once per process, or None."""
     if "module" not in _loaded:
         _loaded["module"] = build()
     return _loaded["module"]

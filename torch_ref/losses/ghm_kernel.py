@@ -21,6 +21,7 @@ locks the build directory itself while it builds. The first build takes ~20 s; l
 well under a second. The ops register as torch.ops.torch_ref_ghm.{ghm_slots, ghm_counts, ghm_harmonized_bce}.
 """
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -36,6 +37,7 @@ OPS = ("ghm_slots", "ghm_counts", "ghm_harmonized_bce")
 LD_FLAGS = ["-fopenmp"]
 
 
+@functools.lru_cache(maxsize=None)
 def _cpu_flags():
     try:
         with open("/proc/cpuinfo") as f:
