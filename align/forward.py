@@ -4,9 +4,11 @@
 
 Both models run in eval mode on the same inputs. Every named submodule's output is recorded on both sides
 (align.hooks), plus what `outputs_fn` returns (final outputs, post-processing). In float32 the pair is also
-run in float64 (same weights, cast) to measure each framework's own rounding noise (align.compare).
-The models are left in float32 afterwards if they came in float32.
+run in float64 (same weights, cast) to measure each framework's own rounding noise, and torch once more
+in float32 with its other convolution backend (torch_kernel_variant) for the envelope of its legitimate
+float32 error (align.compare). The models are left in float32 afterwards if they came in float32.
 """
+import contextlib
 import time
 from collections import OrderedDict
 
@@ -22,6 +24,19 @@ FLOAT_DTYPES = ("float32", "float64")
 
 def _cast_inputs(inputs, dtype):
     return {k: (v.astype(dtype) if np.issubdtype(v.dtype, np.floating) else v) for k, v in inputs.items()}
+
+
+@contextlib.contextmanager
+def torch_kernel_variant():
+    """torch's other legitimate CPU convolution backend: oneDNN off when it is on (the default), on when a
+    user turned it off. Its float32 error is as legitimate as the default's (align/compare.py)."""
+    import torch
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = not before
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
 
 
 def run_torch(model, inputs, dtype, outputs_fn=None):
@@ -74,17 +89,22 @@ def align_forward(torch_model, paddle_model, inputs, dtype, out_dir, torch_outpu
     if dtype == "float64":
         results = compare_runs(dtype, OrderedDict((k, t_rec[k]) for k in matched), p_rec)
     else:
+        with torch_kernel_variant():
+            alt, alt_sec = run_torch(torch_model, inputs, dtype, torch_outputs_fn)
         t64, t64_sec = run_torch(torch_model, inputs, "float64", torch_outputs_fn)
         p64, p64_sec = run_paddle(paddle_model, inputs, "float64", paddle_outputs_fn)
         torch_model.float()
         paddle_model.to(dtype="float32")
-        timings.update(torch_float64_s=t64_sec, paddle_float64_s=p64_sec)
-        if float64_view is not None:
-            t64.update(float64_view(t_rec, t64))
+        timings.update(torch_variant_float32_s=alt_sec, torch_float64_s=t64_sec, paddle_float64_s=p64_sec)
+        alt64 = t64
+        if float64_view is not None:       # each selection's float64 counterpart, from its framework's run
+            alt64 = {**t64, **float64_view(alt, t64)}
+            t64 = {**t64, **float64_view(t_rec, t64)}
             p64.update(float64_view(p_rec, p64))
         both64 = [k for k in matched if k in t64 and k in p64]
         unmatched["missing_in_float64_run"] = [k for k in matched if k not in both64]
-        results = compare_runs(dtype, OrderedDict((k, t_rec[k]) for k in both64), p_rec, t64, p64)
+        results = compare_runs(dtype, OrderedDict((k, t_rec[k]) for k in both64), p_rec, t64, p64,
+                               torch_variants=[(alt, alt64)])
     summary_extra = {"unmatched": unmatched, "timings": timings,
                      "inputs": {k: list(np.shape(v)) for k, v in inputs.items()}}
     summary_extra.update(extra or {})

@@ -22,7 +22,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from align.compare import THRESHOLDS  # noqa: E402
+from align.compare import THRESHOLDS, recheck  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DTYPES = ("float64", "float32")
@@ -70,27 +70,14 @@ def prune_tensor_logs(folder):
 
 
 def check_keys(summary):
-    """Re-check a summary's numbers against the thresholds; returns a list of offending keys."""
-    bad = []
+    """Re-check a summary's numbers against the thresholds, key by key and by the rule each key records
+    (align.compare.recheck); returns a list of offending keys."""
     train = summary.get("check", "").startswith("train")
     fp64_limit = THRESHOLDS["float64_train_max_rel"] if train else THRESHOLDS["float64_max_rel"]
-    for name, st in summary.get("keys", {}).items():
-        if not st.get("passed", False):
-            bad.append(name)
-        elif summary.get("dtype") == "float64" and st.get("max_rel", 0.0) > fp64_limit:
-            bad.append(name)
-        # float32 training steps after the first: judged on their float64 twins (train_diff's docstring)
-        elif summary.get("dtype") == "float32" and st.get("judged_on", "").startswith("float64"):
-            if st.get("float64_max_rel", float("inf")) > fp64_limit:
-                bad.append(name)
-        # float32 loss keys: loss_runner applies the noise floor after removing what GHM's documented
-        # rebinning explains, which a plain re-check cannot reproduce; their own verdict stands
-        elif summary.get("dtype") == "float32" and "noise_floor" in st \
-                and not summary.get("check", "").startswith("loss"):
-            if st["max_abs"] > THRESHOLDS["float32_noise_multiple"] * st["noise_floor"] \
-                    or st.get("float64_max_rel", 0.0) > fp64_limit:
-                bad.append(name)
-    return bad
+    metric_limit = THRESHOLDS.get(f"metric_{summary.get('dtype')}_max_abs", 0.0)
+    return [name for name, st in summary.get("keys", {}).items()
+            if not isinstance(st, dict)
+            or recheck(st, fp64_limit, THRESHOLDS["float32_noise_multiple"], metric_limit) is not None]
 
 
 def gate(out, since=None, expected=()):
@@ -122,7 +109,9 @@ def gate(out, since=None, expected=()):
         bad = check_keys(summary)
         passed = summary.get("passed") is True and not bad and summary.get("keys")
         ok &= bool(passed)
-        detail = f"{len(summary['keys'])} keys" if passed else \
+        worst = summary.get("worst_passed_ratio") or {}
+        detail = f"{len(summary['keys'])} keys, worst ratio {worst.get('ratio', float('nan')):.2f} at " \
+            f"{worst.get('key')}" if passed else \
             f"first divergence {summary.get('first_divergence')}; out of threshold: {bad[:5]}"
         rows.append((rel, "ok" if passed else "FAIL", detail))
     width = max([len(r[0]) for r in rows] + [10])

@@ -16,7 +16,7 @@ Diagnostics contract: spec.diagnostics(framework_name, loss_object, tensors) -> 
 called before each step's loss call (e.g. GHM's bin index of every element); the NumPy reference returns
 the same names under "diag". Float64: they must equal across twins and NumPy exactly. Float32: when the
 twins disagree on some element (a 1-ulp difference moved it across a bin edge), the case is judged by
-the rebinned rule (check_float32_rebinned below) using spec.extra["reference_with_diag"](steps, grad_wrt,
+the float32-events rule (align.compare.check_float32_events) using spec.extra["reference_with_diag"](steps, grad_wrt,
 diag_steps) (the NumPy definition evaluated on one twin's own assignment) and every moved element must
 be explained by spec.extra["explain_diag"](steps, torch_diag_steps, paddle_diag_steps) (adjacent bins,
 float64 value within a few float32 ulps of the edge between them). summary["bin_moves"] counts them.
@@ -27,7 +27,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from align.compare import FP64_MAX_REL, NOISE_MULTIPLE, ULP_FLOOR, check_exact, check_float32, check_float64, diff_stats
+from align.compare import check_exact, check_exact_events, check_float32, check_float32_events, check_float64
 from align.hooks import paddle_to_numpy, torch_to_numpy
 from align.report import save_reprod_log, write_report
 
@@ -142,35 +142,14 @@ def flatten(case, records):
     return flat
 
 
-def check_float32_rebinned(t32, p32, ref_t, ref_p, t64, p64, multiple=NOISE_MULTIPLE):
-    """Float32 rule when some elements landed in different bins in the two twins.
-
-    The part of the cross difference the moved elements explain is ref_t - ref_p (the float64 definition
-    on each twin's own float32 binning). The residual (t32 - p32) - (ref_t - ref_p) is pure rounding and
-    must stay within `multiple` x max(min(noise_torch, noise_paddle), ULP_FLOOR x max|ref|), where each
-    noise is a twin's float32 distance to the definition on its own binning; float64 runs must agree.
-    """
-    t32, p32, ref_t, ref_p = (np.asarray(a, dtype=np.float64) for a in (t32, p32, ref_t, ref_p))
-    stats = diff_stats(t32, p32)
-    residual = float(np.max(np.abs((t32 - p32) - (ref_t - ref_p)))) if t32.size else 0.0
-    noise_t = float(np.max(np.abs(t32 - ref_t))) if t32.size else 0.0
-    noise_p = float(np.max(np.abs(p32 - ref_p))) if t32.size else 0.0
-    scale = float(np.max(np.abs(ref_t))) if ref_t.size else 0.0
-    floor = max(min(noise_t, noise_p), ULP_FLOOR * scale)
-    stats.update({"rule": "rebinned", "residual_abs": residual, "noise_torch": noise_t, "noise_paddle": noise_p,
-                  "noise_floor": floor, "tolerance_abs": multiple * floor,
-                  "float64_max_rel": diff_stats(t64, p64)["max_rel"]})
-    stats["passed"] = bool(residual <= multiple * floor and stats["float64_max_rel"] <= FP64_MAX_REL)
-    return stats
-
-
 def _vs_numpy(ref, t, p):
     """Both twins (float64 runs) against the NumPy reference in one row."""
     is_int = not np.issubdtype(np.asarray(ref).dtype, np.floating)
     check = check_exact if is_int else check_float64
     st, sp = check(ref, t), check(ref, p)
     return {"max_abs": max(st["max_abs"], sp["max_abs"]), "mean_abs": max(st["mean_abs"], sp["mean_abs"]),
-            "max_rel": max(st["max_rel"], sp["max_rel"]), "torch_max_rel": st["max_rel"],
+            "max_rel": max(st["max_rel"], sp["max_rel"]), "rule": st["rule"], "ratio": max(st["ratio"], sp["ratio"]),
+            "torch_max_rel": st["max_rel"],
             "paddle_max_rel": sp["max_rel"], "passed": bool(st["passed"] and sp["passed"])}
 
 
@@ -191,7 +170,8 @@ def compare_case(spec, case, dtype, runs, reference):
                 "torch_vs_paddle": _count_moves(rt["diag"][name], rp["diag"][name]),
                 "torch_vs_numpy": _count_moves(rt["diag"][name], rn["diag"][name]),
                 "paddle_vs_numpy": _count_moves(rp["diag"][name], rn["diag"][name])}
-    moved = any(m["torch_vs_paddle"] for step in moves.values() for m in step.values())
+    moved_count = sum(m["torch_vs_paddle"] for step in moves.values() for m in step.values())
+    moved = moved_count > 0
     rebinned = dtype == "float32" and moved
     if rebinned:
         t_diag = [r["diag"] for r in runs["torch"]]
@@ -213,17 +193,17 @@ def compare_case(spec, case, dtype, runs, reference):
             results[key] = check_exact(t, p)
             if rebinned:
                 info = moves[_step_of(key)][key.rsplit("/", 1)[1]]
-                results[key].update(rule="rebinned", moved=info["torch_vs_paddle"], unexplained=info["unexplained"],
-                                    passed=info["unexplained"] == 0)
+                results[key] = check_exact_events(t, p, info["torch_vs_paddle"], info["unexplained"])
         elif dtype == "float64":
             results[key] = check_float64(t, p)
         elif rebinned:
-            results[key] = check_float32_rebinned(t, p, ref_t[key], ref_p[key], t64[key], p64[key])
+            results[key] = check_float32_events(t, p, ref_t[key], ref_p[key], t64[key], p64[key],
+                                                events={"moved_bins": moved_count})
         else:
             results[key] = check_float32(t, p, t64[key], p64[key])
         results[f"{key} vs numpy"] = _vs_numpy(ref[key], t64[key], p64[key]) if key in ref else _missing_row(["numpy"])
     common = [k for k in t_log if k in p_log]
-    info = {"steps": len(case.steps), "note": case.note, "rule": "rebinned" if rebinned else "standard",
+    info = {"steps": len(case.steps), "note": case.note, "rule": "float32-events" if rebinned else "standard",
             "inputs": {k: list(np.shape(v)) for k, v in case.steps[0].items()}}
     if moves:
         info["bin_moves"] = moves
@@ -279,10 +259,10 @@ def run_spec(spec, dtype="float64", out="reports", seed=0):
     moves = {c: i["bin_moves"] for c, i in case_info.items() if "bin_moves" in i}
     if moves:
         extra["bin_moves"] = moves
-    rebinned = [c for c, i in case_info.items() if i["rule"] == "rebinned"]
+    rebinned = [c for c, i in case_info.items() if i["rule"] == "float32-events"]
     if rebinned:
         extra["notes"] += (f"; cases {rebinned} had elements in different bins in the two float32 twins and are "
-                           "judged by the rebinned rule: residual_abs (summary.json) <= tolerance_abs, moved "
+                           "judged by the float32-events rule: residual_abs (summary.json) <= tolerance_abs, moved "
                            "elements explained (bin_moves)")
     out_dir = f"{out}/losses/{spec.name}"
     summary = write_report(out_dir, f"loss:{spec.name}", dtype, torch_log, paddle_log, results,

@@ -14,6 +14,7 @@ import sys
 import numpy as np
 from reprod_log import ReprodLogger
 
+from align import compare
 from align.atomic import atomic_path, write_json, write_text
 
 
@@ -38,21 +39,26 @@ def render_table(summary):
     keys = summary["keys"]
     float32 = summary["dtype"] == "float32"
     cols = ["max_abs", "mean_abs", "max_rel"] + (["noise_torch", "noise_paddle", "tolerance_abs"] if float32 else [])
+    cols += ["ratio"]
     lines = [
         f"check: {summary.get('check', '')}   dtype: {summary['dtype']}   passed: {summary['passed']}",
         f"first divergence: {summary['first_divergence']}",
+        f"worst passed ratio: {_fmt(summary['worst_passed_ratio']['ratio'])} at {summary['worst_passed_ratio']['key']}"
+        " (ratio: the fraction of its tolerance a key used; <= 1 passes)",
         "rule: " + summary["rule"],
         "",
     ]
     width = max([len(k) for k in keys] + [10])
-    lines.append(f"{'key':<{width}}  " + "  ".join(f"{c:>13}" for c in cols) + "  result")
+    lines.append(f"{'key':<{width}}  " + "  ".join(f"{c:>13}" for c in cols) + "  result (rule)")
     for name, st in keys.items():
         row = "  ".join(f"{_fmt(st.get(c, '')):>13}" for c in cols)
-        note = ""
+        note = f"  ({st['rule']})" if "rule" in st else ""
+        if st.get("events"):
+            note += f"  events {st['events']}"
         if "shape_mismatch" in st:
             note = f"  shapes {st['shape_mismatch'][0]} vs {st['shape_mismatch'][1]}"
         elif "judged_on" in st:
-            note = f"  (judged on {st['judged_on']})"
+            note += f"  (judged on {st['judged_on']})"
         lines.append(f"{name:<{width}}  {row}  {'ok' if st['passed'] else 'FAIL'}{note}")
     for extra_key in ("unmatched", "notes"):
         if summary.get(extra_key):
@@ -63,13 +69,14 @@ def render_table(summary):
 
 def rule_text(dtype, fp64_max_rel=None):
     """The verdict rule in words; fp64_max_rel: the float64 limit the check applied (default FP64_MAX_REL)."""
-    from align import compare
     fp64 = compare.FP64_MAX_REL if fp64_max_rel is None else fp64_max_rel
     if dtype == "float64":
         return f"float64: max_rel <= {fp64:g} for every key"
-    return (f"float32: max_abs <= {compare.NOISE_MULTIPLE:g} x max(min(noise_torch, noise_paddle), "
-            f"{compare.ULP_FLOOR:.3g} x max|ref|), noise = each framework's float32-vs-float64 error; "
-            f"the float64 runs within max_rel {fp64:g}")
+    return (f"float32: max_abs <= {compare.NOISE_MULTIPLE:g} x max(min(envelope_torch, noise_paddle), "
+            f"{compare.ULP_FLOOR:.3g} x max|ref|), noise = a framework's float32-vs-float64 error, envelope_torch "
+            f"= torch's noise over its default and its other convolution backend; where float32 flipped discrete "
+            f"decisions (rule float32-events) the residual after the float64 replay of each run's own decisions "
+            f"is judged; the float64 runs within max_rel {fp64:g} (align/compare.py)")
 
 
 def worst_key(summary, skip=lambda stats: False):
@@ -107,6 +114,7 @@ def write_report(out_dir, check, dtype, torch_log, paddle_log, results, order=No
     missing = [k for k in results if k not in order]
     order += missing
     first = next((k for k in order if k in results and not results[k]["passed"]), None)
+    worst_key_, worst_ratio = compare.worst_passed_ratio(results)
     summary = {
         "check": check,
         "passed": bool(all(r["passed"] for r in results.values())) and bool(results),
@@ -114,6 +122,7 @@ def write_report(out_dir, check, dtype, torch_log, paddle_log, results, order=No
         "first_divergence": first,
         "rule": rule_text(dtype, fp64_max_rel),
         "num_keys": len(results),
+        "worst_passed_ratio": {"key": worst_key_, "ratio": worst_ratio},
         "keys": {k: results[k] for k in order if k in results},
         "environment": environment(),
     }

@@ -32,7 +32,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from align.atomic import atomic_path  # noqa: E402
-from align.compare import FP64_TRAIN_MAX_REL, compare_runs  # noqa: E402
+from align.compare import FP64_TRAIN_MAX_REL, compare_runs, judge_on_float64_twins  # noqa: E402
 from align.hooks import paddle_to_numpy, torch_to_numpy  # noqa: E402
 from align.report import rule_text, write_report  # noqa: E402
 from align.runtime import configure_frameworks  # noqa: E402
@@ -137,8 +137,7 @@ def judge_later_steps_on_float64(results):
     """float32 keys after the first step: passed iff the float64 twins agree (see the module docstring)."""
     for key, st in results.items():
         if not key.startswith("step000.") and "float64_max_rel" in st:
-            st["judged_on"] = "float64 twins (float32 difference reported)"
-            st["passed"] = bool(st["float64_max_rel"] <= FP64_TRAIN_MAX_REL)
+            judge_on_float64_twins(st, FP64_TRAIN_MAX_REL)
 
 
 def plot_curves(path, t_log, p_log, steps, title, t64=None, p64=None):

@@ -7,7 +7,7 @@ from align.gate import gate
 
 def _summary(path, dtype="float64", max_rel=1e-12, passed=True):
     path.mkdir(parents=True, exist_ok=True)
-    keys = {"a": {"max_abs": max_rel, "mean_abs": max_rel, "max_rel": max_rel, "passed": passed}}
+    keys = {"a": {"max_abs": max_rel, "mean_abs": max_rel, "max_rel": max_rel, "passed": passed, "rule": "float64"}}
     (path / "summary.json").write_text(json.dumps({"check": "forward:x", "passed": passed, "dtype": dtype,
                                                    "first_divergence": None, "keys": keys}))
 

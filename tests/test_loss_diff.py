@@ -11,7 +11,8 @@ import torch
 from reprod_log import ReprodDiffHelper
 
 from align import loss_diff
-from align.loss_runner import check_float32_rebinned, load_spec, run_spec
+from align.compare import check_float32_events
+from align.loss_runner import load_spec, run_spec
 from align.loss_specs.common import CASE_NAMES
 
 MINE = ("focal", "ghmc", "ghmr", "smooth_l1", "balanced_l1", "varifocal", "giou", "dfl")
@@ -123,9 +124,11 @@ def test_rebinned_rule():
     ref_t, ref_p = rng.normal(size=50), rng.normal(size=50)       # what each twin's own binning implies
     t32 = ref_t + rng.normal(0, 1e-7, 50)
     p32 = ref_p + rng.normal(0, 1e-7, 50)
-    assert check_float32_rebinned(t32, p32, ref_t, ref_p, ref_t, ref_t)["passed"]
-    assert not check_float32_rebinned(t32, p32 + 1e-4, ref_t, ref_p, ref_t, ref_t)["passed"]
-    assert not check_float32_rebinned(t32, p32, ref_t, ref_p, ref_t, ref_t + 1e-6)["passed"]  # float64 differs
+    ev = {"moved_bins": 3}
+    res = check_float32_events(t32, p32, ref_t, ref_p, ref_t, ref_t, ev)
+    assert res["passed"] and res["rule"] == "float32-events" and res["events"] == ev and res["ratio"] <= 1
+    assert not check_float32_events(t32, p32 + 1e-4, ref_t, ref_p, ref_t, ref_t, ev)["passed"]
+    assert not check_float32_events(t32, p32, ref_t, ref_p, ref_t, ref_t + 1e-6, ev)["passed"]  # float64 differs
 
 
 def test_moved_elements_must_sit_on_an_edge():
