@@ -2,6 +2,7 @@
 
     python align/backward_diff.py --model retina_r50_ghm [--dtype float32|float64] [--data COCO_DIR]
                                   [--out DIR] [--seed N]
+    python align/backward_diff.py --model resnet50 [--dtype ...]     # a seeded projection of the logits
 
 Same seeded weights, same first batch of the mirrored COCO loaders (the bundled synthetic set unless
 --data), forward + loss + backward in train mode on both sides. Logs every loss term and the gradient of
@@ -23,7 +24,10 @@ if __package__ in (None, ""):
 from align.compare import check_float32_events, compare_runs  # noqa: E402
 from align.events import (call_flips, mask_flips, record_calls, record_relu_masks, replay_calls,  # noqa: E402
                           replay_relu_masks)
+from align.backward import align_backward  # noqa: E402
 from align.forward import torch_kernel_variant  # noqa: E402
+from align.forward_diff import seeded_inputs  # noqa: E402
+from align.zoo import build_models, get_spec  # noqa: E402
 from align.report import write_report  # noqa: E402
 from align.runtime import configure_frameworks  # noqa: E402
 from align.training import (TRAIN_MODELS, build_training_pair, paddle_grads, step_losses,  # noqa: E402
@@ -105,7 +109,22 @@ def float32_results(name, data, seed):
     return results, t, p, flips
 
 
+# zoo models without a training recipe: gradients of a seeded random projection of their outputs
+PROJECTION_MODELS = ("resnet50",)
+
+
+def run_projection(name, dtype="float64", out="reports", seed=0):
+    """Backward of a zoo model on seeded inputs with align.backward's projection objective."""
+    spec = get_spec(name)
+    torch_model, paddle_model = build_models(spec, None, seed)
+    inputs = seeded_inputs(spec.input_shape, seed)
+    return align_backward(torch_model, paddle_model, inputs, dtype, str(Path(out) / name / "backward"), seed,
+                          check=f"backward:{name}", extra={"model": name, "seed": seed})
+
+
 def run(name, dtype="float64", data=None, out="reports", seed=0):
+    if name in PROJECTION_MODELS:
+        return run_projection(name, dtype, out, seed)
     start = time.perf_counter()
     flips = None
     if dtype == "float64":
@@ -129,7 +148,7 @@ def run(name, dtype="float64", data=None, out="reports", seed=0):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, choices=sorted(TRAIN_MODELS))
+    ap.add_argument("--model", required=True, choices=sorted(TRAIN_MODELS) + list(PROJECTION_MODELS))
     ap.add_argument("--dtype", default="float64", choices=["float32", "float64"])
     ap.add_argument("--data", help="COCO-format directory (default: the bundled synthetic set)")
     ap.add_argument("--out", default="reports")
