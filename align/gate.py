@@ -52,7 +52,8 @@ def regeneration_commands(out):
                          [py, "align/backward_diff.py", "--model", model, "--dtype", dtype, "--out", str(base)]))
         cmds.append((f"{dtype}/retina_r50/metric", [py, "align/metric_diff.py", "--dtype", dtype, "--out", str(base)]))
     # training: ten steps of every variant in float64; in float32 (which reruns float64 for its floor) the
-    # AP-Loss variant is left out for the reason its float32 backward is
+    # AP-Loss variant is left out: train_diff does not replay float32's ReLU decisions yet (backward_diff
+    # does), and its first step's gradient norm carries those flips (README, known limits)
     for dtype, models in (("float64", ("retina_r50", "retina_r50_aploss", "retina_r50_ghm")),
                           ("float32", ("retina_r50", "retina_r50_ghm"))):
         for model in models:
