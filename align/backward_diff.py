@@ -9,7 +9,8 @@ Same seeded weights, same first batch of the mirrored COCO loaders (the bundled 
 every trainable parameter (Paddle names) in backward execution order (the loss terms, then the parameters
 from the last used to the first), so the first divergence is the first gradient that differs as backward
 computes them. float32: align.compare's rule, with torch's envelope over its two convolution backends and,
-where float32 flipped ReLU decisions, the float64 replay of each run's masks (align/events.py). Writes DIR/<model>/backward/; exit 0 iff passed.
+where float32 flipped decisions (ReLU masks, the anchor assignment), the float64 replay of each run's own
+decisions (align.events.float32_verdicts). Writes DIR/<model>/backward/; exit 0 iff passed.
 """
 import argparse
 import contextlib
@@ -21,92 +22,61 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from align.compare import check_float32_events, compare_runs  # noqa: E402
-from align.events import (call_flips, mask_flips, record_calls, record_relu_masks, replay_calls,  # noqa: E402
-                          replay_relu_masks)
 from align.backward import align_backward  # noqa: E402
+from align.compare import compare_runs  # noqa: E402
+from align.events import decisions_of, float32_verdicts  # noqa: E402
 from align.forward import torch_kernel_variant  # noqa: E402
 from align.forward_diff import seeded_inputs  # noqa: E402
 from align.zoo import build_models, get_spec  # noqa: E402
 from align.report import write_report  # noqa: E402
 from align.runtime import configure_frameworks  # noqa: E402
 from align.training import (TRAIN_MODELS, build_training_pair, paddle_grads, step_losses,  # noqa: E402
-                            torch_grads)
+                            torch_grads, training_losses)
 from align.train_data import first_batches  # noqa: E402
 
 
-@contextlib.contextmanager
-def decisions_of(model, loss, fw, dtype, replay=None):
-    """Records (replay None) or replays the discrete decisions of one side's step: its ReLU masks and its
-    loss's target assignment (align/events.py). Yields the dict the recording fills."""
-    recorded = {}
-    with contextlib.ExitStack() as stack:
-        if replay is None:
-            recorded["relu"] = stack.enter_context(record_relu_masks(model))
-            if hasattr(loss, "assigner"):
-                recorded["assign"] = stack.enter_context(record_calls(loss.assigner, "assign"))
-        else:
-            stack.enter_context(replay_relu_masks(model, replay["relu"]))
-            if "assign" in replay:
-                stack.enter_context(replay_calls(loss.assigner, "assign", replay["assign"], fw, dtype))
-        yield recorded
+class StepRunner:
+    """One training step of `name`, a side at a time. The pair and the first batch are built once per dtype;
+    every pass clears the gradients and takes fresh losses (GHM's momentum state starts at zero), so each
+    pass is the first step from the same weights."""
 
+    def __init__(self, name, data, seed):
+        self.name, self.data, self.seed, self.built = name, data, seed, {}
 
-def one_step(name, dtype, data, seed, replay=(None, None), variant=False):
-    """One forward/backward in dtype: ({key: array} torch, {key: array} paddle, (torch, Paddle decisions)).
+    def _pair(self, dtype):
+        if dtype not in self.built:
+            batches, self.num_classes = first_batches(self.data, 1, dtype, self.seed)
+            (t_batch, p_batch), = batches
+            t_model, _, p_model, _ = build_training_pair(self.name, self.num_classes, self.seed, dtype)
+            t_model.train()
+            p_model.train()
+            self.built[dtype] = (t_model, t_batch, p_model, p_batch)
+        return self.built[dtype]
 
-    replay: each side's decisions to replay (from an earlier one_step), or None to record them;
-    variant: torch on its other convolution backend (align.forward.torch_kernel_variant)."""
-    batches, num_classes = first_batches(data, 1, dtype, seed)
-    (t_batch, p_batch), = batches
-    t_model, t_loss, p_model, p_loss = build_training_pair(name, num_classes, seed, dtype)
-    t_model.train()
-    p_model.train()
-    with decisions_of(t_model, t_loss, "torch", dtype, replay[0]) as t_dec, \
-            (torch_kernel_variant() if variant else contextlib.nullcontext()):
-        t_terms = step_losses(t_model, t_loss, t_batch)
-        sum(t_terms.values()).backward()
-    with decisions_of(p_model, p_loss, "paddle", dtype, replay[1]) as p_dec:
-        p_terms = step_losses(p_model, p_loss, p_batch)
-        sum(p_terms.values()).backward()
-    t_out = OrderedDict((f"loss.{k}", v.detach().numpy().reshape(1)) for k, v in t_terms.items())
-    p_out = OrderedDict((f"loss.{k}", v.numpy().reshape(1)) for k, v in p_terms.items())
-    # backward execution order: the loss, then parameters from the last used to the first
-    t_out.update((f"grad.{k}", v) for k, v in reversed(list(torch_grads(t_model).items())))
-    p_out.update((f"grad.{k}", v) for k, v in paddle_grads(p_model).items())
-    return t_out, p_out, (t_dec, p_dec)
+    def torch(self, dtype, replay=None, variant=False):
+        """({key: array}, decisions) of torch's step: the loss terms, then the gradients in backward order."""
+        t_model, t_batch, p_model, _ = self._pair(dtype)
+        t_model.zero_grad(set_to_none=True)
+        t_loss, _ = training_losses(self.name, self.num_classes, t_model, p_model, dtype)
+        with decisions_of(t_model, t_loss, dtype, replay) as decisions, \
+                (torch_kernel_variant() if variant else contextlib.nullcontext()):
+            terms = step_losses(t_model, t_loss, t_batch)
+            sum(terms.values()).backward()
+        log = OrderedDict((f"loss.{k}", v.detach().numpy().reshape(1)) for k, v in terms.items())
+        # backward execution order: the loss, then parameters from the last used to the first
+        log.update((f"grad.{k}", v) for k, v in reversed(list(torch_grads(t_model).items())))
+        return log, decisions
 
-
-def decision_flips(a, b):
-    """{"relu": {site: n}, "assign": {image: n}} of the decisions that differ between two runs."""
-    flips = {"relu": mask_flips(a["relu"], b["relu"])}
-    if "assign" in a:
-        flips["assign"] = call_flips(a["assign"], b["assign"])
-    return {k: v for k, v in flips.items() if v}
-
-
-def float32_results(name, data, seed):
-    """float32 runs judged against float64 (align.compare); where float32 flipped a decision (a ReLU mask,
-    an anchor's assignment) against float64 in any run, against the float64 replay of each run's own
-    decisions (float32-events)."""
-    t, p, (t_dec, p_dec) = one_step(name, "float32", data, seed)
-    alt, _, (alt_dec, _) = one_step(name, "float32", data, seed, variant=True)
-    t64, p64, (t64_dec, p64_dec) = one_step(name, "float64", data, seed)
-    flips = {"torch_vs_float64": decision_flips(t_dec, t64_dec), "paddle_vs_float64": decision_flips(p_dec, p64_dec),
-             "torch_variant_vs_float64": decision_flips(alt_dec, t64_dec),
-             "torch_vs_paddle": decision_flips(t_dec, p_dec)}
-    if not any(flips[k] for k in ("torch_vs_float64", "paddle_vs_float64", "torch_variant_vs_float64")):
-        return compare_runs("float32", t, p, t64, p64, torch_variants=[(alt, t64)]), t, p, None
-    ref_t, ref_p, _ = one_step(name, "float64", data, seed, replay=(t_dec, p_dec))
-    ref_alt, _, _ = one_step(name, "float64", data, seed, replay=(alt_dec, p_dec))
-    events = {f"{kind}_{who}": sum(flips[f"{who}_vs_float64" if who != "torch_vs_paddle" else who].get(kind, {}).values())
-              for kind in ("relu", "assign") for who in ("torch", "paddle", "torch_vs_paddle")}
-    events = {k: v for k, v in events.items() if v}
-    results = OrderedDict(
-        (k, check_float32_events(t[k], p[k], ref_t[k], ref_p[k], t64[k], p64[k], events,
-                                 torch_variants=[(alt[k], ref_alt[k])]))
-        for k in t if k in p)
-    return results, t, p, flips
+    def paddle(self, dtype, replay=None):
+        t_model, _, p_model, p_batch = self._pair(dtype)
+        p_model.clear_gradients()
+        _, p_loss = training_losses(self.name, self.num_classes, t_model, p_model, dtype)
+        with decisions_of(p_model, p_loss, dtype, replay) as decisions:
+            terms = step_losses(p_model, p_loss, p_batch)
+            sum(terms.values()).backward()
+        log = OrderedDict((f"loss.{k}", v.numpy().reshape(1)) for k, v in terms.items())
+        log.update((f"grad.{k}", v) for k, v in paddle_grads(p_model).items())
+        return log, decisions
 
 
 # zoo models without a training recipe: gradients of a seeded random projection of their outputs
@@ -126,12 +96,12 @@ def run(name, dtype="float64", data=None, out="reports", seed=0):
     if name in PROJECTION_MODELS:
         return run_projection(name, dtype, out, seed)
     start = time.perf_counter()
-    flips = None
+    runner, flips = StepRunner(name, data, seed), None
     if dtype == "float64":
-        t, p, _ = one_step(name, dtype, data, seed)
+        (t, _), (p, _) = runner.torch(dtype), runner.paddle(dtype)
         results = compare_runs(dtype, t, p)
     else:
-        results, t, p, flips = float32_results(name, data, seed)
+        results, t, p, flips = float32_verdicts(runner.torch, runner.paddle)
     unmatched = {"torch_only": [k for k in t if k not in p], "paddle_only": [k for k in p if k not in t]}
     extra = {"model": name, "seed": seed, "unmatched": unmatched, "order": "backward execution order",
              "num_parameters_compared": sum(k.startswith("grad.") for k in results),

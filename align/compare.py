@@ -275,8 +275,7 @@ def compare_runs(dtype, torch_run, paddle_run, torch_run64=None, paddle_run64=No
     Integer and boolean arrays must be equal. For dtype 'float32' the float64 runs of both frameworks
     (same weights, same inputs) supply the noise floor, and torch_variants ((run32, run64) pairs of
     {key: array}: torch's float32 runs with its other kernels and their float64 counterparts) widen
-    torch's side of it. fp64_max_rel: the float64 limit (training
-    uses FP64_TRAIN_MAX_REL).
+    torch's side of it. fp64_max_rel: the float64 limit (training uses FP64_TRAIN_MAX_REL).
     """
     if dtype not in ("float32", "float64"):
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")

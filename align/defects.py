@@ -18,6 +18,8 @@ import contextlib
 
 import numpy as np
 
+from align.hooks import framework_of, named_submodules, register_post_hook
+
 KINDS = ("tf32", "bf16", "fp16")
 
 
@@ -35,18 +37,8 @@ def degrade(array, kind):
     raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
 
 
-def _framework(model):
-    try:
-        import torch
-        if isinstance(model, torch.nn.Module):
-            return "torch"
-    except ImportError:
-        pass
-    return "paddle"
-
-
-def _submodule(model, name, fw):
-    modules = dict(model.named_modules()) if fw == "torch" else dict(model.named_sublayers())
+def _submodule(model, name):
+    modules = dict(named_submodules(model))
     if name not in modules:
         raise ValueError(f"no submodule {name!r} in {type(model).__name__}")
     return modules[name]
@@ -74,8 +66,8 @@ def plant(model, name, kind, where="forward"):
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if where not in ("forward", "backward"):
         raise ValueError(f"where must be 'forward' or 'backward', got {where!r}")
-    fw = _framework(model)
-    module = _submodule(model, name, fw)
+    fw = framework_of(model)
+    module = _submodule(model, name)
     if where == "forward":
         def pre_hook(mod, inputs):
             return tuple(_degraded_like(x, kind, fw) for x in inputs)
@@ -89,8 +81,7 @@ def plant(model, name, kind, where="forward"):
             if needs_grad(output):
                 output.register_hook(grad_hook)
             return output
-        handle = module.register_forward_hook(post_hook) if fw == "torch" else \
-            module.register_forward_post_hook(post_hook)
+        handle = register_post_hook(module, post_hook)
     try:
         yield
     finally:

@@ -19,72 +19,57 @@ threshold; measured: 21 of 3852 anchors of the first synthetic training image). 
 replay the same way.
 """
 import contextlib
+from collections import OrderedDict
 
 import numpy as np
+
+from align.compare import FP64_MAX_REL, check_float32_events, compare_runs
+from align.hooks import call_keys, framework_of, named_submodules, register_post_hook, to_numpy
 
 
 def _relu_modules(model):
     """(name, module) of every ReLU module, for either framework."""
-    try:
+    if framework_of(model) == "torch":
         import torch
-        if isinstance(model, torch.nn.Module):
-            return [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.ReLU)], "torch"
-    except ImportError:
-        pass
-    import paddle
-    return [(n, m) for n, m in model.named_sublayers() if isinstance(m, paddle.nn.ReLU)], "paddle"
-
-
-def _site_names(calls):
-    """Per-call site names: 'name' for a module called once, 'name#k' for its k-th call otherwise."""
-    counts = {}
-    for name in calls:
-        counts[name] = counts.get(name, 0) + 1
-    seen, out = {}, []
-    for name in calls:
-        k = seen.get(name, 0)
-        seen[name] = k + 1
-        out.append(name if counts[name] == 1 else f"{name}#{k}")
-    return out
+        relu = torch.nn.ReLU
+    else:
+        import paddle
+        relu = paddle.nn.ReLU
+    return [(n, m) for n, m in named_submodules(model) if isinstance(m, relu)]
 
 
 @contextlib.contextmanager
 def record_relu_masks(model):
     """Yields a dict that, after the block, maps every ReLU call site to its mask (output > 0)."""
-    modules, fw = _relu_modules(model)
-    calls, handles, masks = [], [], {}
+    calls, masks = [], {}
 
     def hook_for(name):
         def hook(module, inputs, output):
-            calls.append((name, (output > 0).numpy() if fw == "paddle" else (output > 0).detach().numpy()))
+            calls.append((name, to_numpy(output > 0)))
         return hook
-    for name, module in modules:
-        hook = hook_for(name)
-        handles.append(module.register_forward_hook(hook) if fw == "torch" else module.register_forward_post_hook(hook))
+    handles = [register_post_hook(module, hook_for(name)) for name, module in _relu_modules(model)]
     try:
         yield masks
     finally:
         for h in handles:
             h.remove()
-        masks.update(zip(_site_names([n for n, _ in calls]), [m for _, m in calls]))
+        masks.update(zip(call_keys([n for n, _ in calls]), [m for _, m in calls]))
 
 
 @contextlib.contextmanager
 def replay_relu_masks(model, masks):
-    """Every ReLU call returns input * the recorded mask of its site (shapes must match)."""
-    modules, fw = _relu_modules(model)
-    names = [n for n, _ in modules]
-    handles, calls = [], []
-    order = {}
+    """Every ReLU call returns input * the recorded mask of its site (shapes must match); every recorded
+    site must be called."""
+    fw = framework_of(model)
+    calls, used = {}, set()
 
     def hook_for(name):
         def hook(module, inputs, output):
-            calls.append(name)
-            k = order.get(name, 0)
-            order[name] = k + 1
-            site = name if f"{name}#0" not in masks else f"{name}#{k}"
-            mask = masks[site]
-            x = inputs[0]
+            k = calls.get(name, 0)
+            calls[name] = k + 1
+            site = f"{name}#{k}" if f"{name}#0" in masks else name
+            used.add(site)
+            mask, x = masks[site], inputs[0]
             if tuple(mask.shape) != tuple(x.shape):
                 raise ValueError(f"ReLU site {site}: recorded mask {mask.shape} vs input {tuple(x.shape)}")
             if fw == "torch":
@@ -93,15 +78,13 @@ def replay_relu_masks(model, masks):
             import paddle
             return x * paddle.to_tensor(mask).astype(x.dtype)
         return hook
-    for name, module in modules:
-        hook = hook_for(name)
-        handles.append(module.register_forward_hook(hook) if fw == "torch" else module.register_forward_post_hook(hook))
+    handles = [register_post_hook(module, hook_for(name)) for name, module in _relu_modules(model)]
     try:
         yield
     finally:
         for h in handles:
             h.remove()
-    missing = [n for n in names if n in masks and n not in calls]
+    missing = sorted(set(masks) - used)
     if missing:
         raise ValueError(f"ReLU sites recorded but not called in the replay: {missing[:5]}")
 
@@ -117,13 +100,12 @@ def mask_flips(a, b):
     return out
 
 
-def _to_numpy(value):
+def _numpy_copy(value):
+    """A recorded result (tensor, None or a (named) tuple of them) as NumPy copies."""
     if isinstance(value, tuple):
-        return type(value)(*[_to_numpy(v) for v in value]) if hasattr(value, "_fields") else \
-            tuple(_to_numpy(v) for v in value)
-    if value is None or isinstance(value, np.ndarray):
-        return value
-    return value.detach().cpu().numpy().copy() if hasattr(value, "detach") else value.numpy().copy()
+        items = [_numpy_copy(v) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
+    return None if value is None else to_numpy(value)
 
 
 def _like(array, fw, float_dtype):
@@ -149,7 +131,7 @@ def record_calls(obj, method):
 
     def recording(*args, **kwargs):
         out = original(*args, **kwargs)
-        results.append(_to_numpy(out))
+        results.append(_numpy_copy(out))
         return out
     setattr(obj, method, recording)
     try:
@@ -186,3 +168,62 @@ def call_flips(a, b, field=0):
         if n:
             out[str(i)] = n
     return out
+
+
+@contextlib.contextmanager
+def decisions_of(model, loss=None, dtype="float64", replay=None):
+    """Records (replay None) or replays one side's discrete decisions in a step: its ReLU masks and, when
+    `loss` has an `assigner`, its target assignment. Yields the dict the recording fills."""
+    recorded = {}
+    with contextlib.ExitStack() as stack:
+        if replay is None:
+            recorded["relu"] = stack.enter_context(record_relu_masks(model))
+            if hasattr(loss, "assigner"):
+                recorded["assign"] = stack.enter_context(record_calls(loss.assigner, "assign"))
+        else:
+            stack.enter_context(replay_relu_masks(model, replay["relu"]))
+            if "assign" in replay:
+                stack.enter_context(replay_calls(loss.assigner, "assign", replay["assign"],
+                                                 framework_of(model), dtype))
+        yield recorded
+
+
+def decision_flips(a, b):
+    """{"relu": {site: n}, "assign": {call: n}} of the decisions that differ between two runs, non-empty."""
+    flips = {"relu": mask_flips(a["relu"], b["relu"])}
+    if "assign" in a and "assign" in b:
+        flips["assign"] = call_flips(a["assign"], b["assign"])
+    return {k: v for k, v in flips.items() if v}
+
+
+def float32_verdicts(torch_pass, paddle_pass, fp64_max_rel=FP64_MAX_REL):
+    """Every float32 key of one check, judged against float64; where float32 flipped a decision against
+    float64 in any run, against the float64 replay of each run's own decisions (float32-events).
+
+    torch_pass(dtype, replay, variant) and paddle_pass(dtype, replay) run one side once and return
+    ({key: array}, decisions): replay None records the decisions (decisions_of), else they are replayed;
+    variant runs torch on its other convolution backend. Returns (results, torch float32 log, Paddle
+    float32 log, flips or None when nothing flipped)."""
+    t, t_dec = torch_pass("float32", None, False)
+    p, p_dec = paddle_pass("float32", None)
+    alt, alt_dec = torch_pass("float32", None, True)
+    t64, t64_dec = torch_pass("float64", None, False)
+    p64, p64_dec = paddle_pass("float64", None)
+    flips = {"torch_vs_float64": decision_flips(t_dec, t64_dec), "paddle_vs_float64": decision_flips(p_dec, p64_dec),
+             "torch_variant_vs_float64": decision_flips(alt_dec, t64_dec),
+             "torch_vs_paddle": decision_flips(t_dec, p_dec)}
+    if not any(flips[k] for k in ("torch_vs_float64", "paddle_vs_float64", "torch_variant_vs_float64")):
+        return compare_runs("float32", t, p, t64, p64, fp64_max_rel, torch_variants=[(alt, t64)]), t, p, None
+    ref_t, _ = torch_pass("float64", t_dec, False)
+    ref_alt, _ = torch_pass("float64", alt_dec, False)
+    ref_p, _ = paddle_pass("float64", p_dec)
+    events = {f"{kind}_{who}": sum(flips[pair].get(kind, {}).values())
+              for kind in ("relu", "assign")
+              for who, pair in (("torch", "torch_vs_float64"), ("paddle", "paddle_vs_float64"),
+                                ("torch_vs_paddle", "torch_vs_paddle"))}
+    events = {k: v for k, v in events.items() if v}
+    results = OrderedDict(
+        (k, check_float32_events(t[k], p[k], ref_t[k], ref_p[k], t64[k], p64[k], events,
+                                 fp64_max_rel=fp64_max_rel, torch_variants=[(alt[k], ref_alt[k])]))
+        for k in t if k in p)
+    return results, t, p, flips

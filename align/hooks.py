@@ -37,18 +37,51 @@ class _Recorder:
         return hook
 
     def records(self):
-        counts = {}
-        for name, _ in self.calls:
-            counts[name] = counts.get(name, 0) + 1
-        seen = {}
         out = OrderedDict()
-        for name, flat in self.calls:
-            idx = seen.get(name, 0)
-            seen[name] = idx + 1
-            base = name if counts[name] == 1 else f"{name}#{idx}"
+        for base, (_, flat) in zip(call_keys([name for name, _ in self.calls]), self.calls):
             for sub, arr in flat:
                 out[f"{base}.{sub}" if sub else base] = arr
         return out
+
+
+def call_keys(names):
+    """One key per call, in call order: 'name' for a module called once, 'name#k' for its k-th call."""
+    counts = {}
+    for name in names:
+        counts[name] = counts.get(name, 0) + 1
+    seen, keys = {}, []
+    for name in names:
+        k = seen.get(name, 0)
+        seen[name] = k + 1
+        keys.append(name if counts[name] == 1 else f"{name}#{k}")
+    return keys
+
+
+def framework_of(model):
+    """'torch' for a torch module, else 'paddle'."""
+    import torch
+    return "torch" if isinstance(model, torch.nn.Module) else "paddle"
+
+
+def named_submodules(model):
+    """(dotted name, submodule) of every submodule, the model itself excluded, for either framework."""
+    if framework_of(model) == "torch":
+        return [(n, m) for n, m in model.named_modules() if n]
+    return list(model.named_sublayers())
+
+
+def register_post_hook(module, hook):
+    """hook(module, inputs, output) after the module's forward (a returned value replaces the output);
+    returns the handle to remove."""
+    if framework_of(module) == "torch":
+        return module.register_forward_hook(hook)
+    return module.register_forward_post_hook(hook)
+
+
+def to_numpy(value):
+    """torch_to_numpy or paddle_to_numpy, whichever framework the tensor is from."""
+    arr = torch_to_numpy(value)
+    return arr if arr is not None else paddle_to_numpy(value)
 
 
 def torch_to_numpy(value):

@@ -57,9 +57,7 @@ def no_decay(name):
 def build_training_pair(name, num_classes, seed=0, dtype="float64"):
     """(torch model, torch loss, paddle model, paddle loss) with identical weights, in dtype."""
     import torch
-    from paddle_impl.models.retina_loss import RetinaLoss as PLoss
     from paddle_impl.models.retinanet import RetinaNet as PRetina
-    from torch_ref.models.retina_loss import RetinaLoss as TLoss
     from torch_ref.models.retinanet import RetinaNet as TRetina
     if name not in TRAIN_MODELS:
         raise ValueError(f"unknown training model {name!r}; available: {', '.join(TRAIN_MODELS)}")
@@ -71,11 +69,21 @@ def build_training_pair(name, num_classes, seed=0, dtype="float64"):
     copy_torch_to_paddle(t_model, p_model)
     t_model.to(getattr(torch, dtype))
     p_model.to(dtype=dtype)
-    t_loss = TLoss(num_classes, t_model.box_coder, cfg["loss_type"])
-    p_loss = PLoss(num_classes, p_model.box_coder, cfg["loss_type"])
+    t_loss, p_loss = training_losses(name, num_classes, t_model, p_model, dtype)
+    return t_model, t_loss, p_model, p_loss
+
+
+def training_losses(name, num_classes, t_model, p_model, dtype):
+    """Fresh (torch loss, paddle loss) of a training variant, in dtype (GHM's momentum state at zero)."""
+    import torch
+    from paddle_impl.models.retina_loss import RetinaLoss as PLoss
+    from torch_ref.models.retina_loss import RetinaLoss as TLoss
+    loss_type = TRAIN_MODELS[name]["loss_type"]
+    t_loss = TLoss(num_classes, t_model.box_coder, loss_type)
+    p_loss = PLoss(num_classes, p_model.box_coder, loss_type)
     t_loss.to(getattr(torch, dtype))
     p_loss.to(dtype=dtype)
-    return t_model, t_loss, p_model, p_loss
+    return t_loss, p_loss
 
 
 def loss_state(loss_module, to_numpy):

@@ -22,6 +22,7 @@ import paddle.nn.functional as F
 from paddle import nn
 
 from . import checks, ghm_kernel
+from .reduction import accurate_sum
 
 IGNORED_G = 3.0      # ignored elements get g >= this: beyond every edge, so bin_index sends them to "no bin"
 SHRINK = 1 - 2.0 ** -20
@@ -91,7 +92,7 @@ class HarmonizedBCE(paddle.autograd.PyLayer):
         ctx.save_for_backward(diff, weight)
         bce = pred.abs().neg_().exp_().log1p_()
         bce.add_(F.relu(pred).subtract_(pred * target))
-        return bce.multiply_(weight).sum()
+        return accurate_sum(bce.multiply_(weight))
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -243,4 +244,4 @@ class GHMR(_GHMBase):
         root = self._root(diff)
         loss = root - self.mu
         g, valid = self._bins(diff, root, label_weight)
-        return (loss * self._weights(g, ~valid)).sum() * self.loss_weight
+        return accurate_sum(loss * self._weights(g, ~valid)) * self.loss_weight

@@ -12,6 +12,7 @@ from paddle import nn
 
 from . import checks
 from .bce import bce_on_probabilities
+from .reduction import accurate_sum
 
 
 def varifocal_loss(pred_score, gt_score, label, alpha=0.75, gamma=2.0):
@@ -29,7 +30,7 @@ def varifocal_loss(pred_score, gt_score, label, alpha=0.75, gamma=2.0):
     checks.check_values("label", label, 0.0, 1.0)
     gt_score, label = gt_score.detach(), label.detach()
     weight = alpha * pred_score.pow(gamma) * (1 - label) + gt_score * label
-    return (bce_on_probabilities(pred_score, gt_score) * weight).sum()
+    return accurate_sum(bce_on_probabilities(pred_score, gt_score) * weight)
 
 
 class VarifocalLoss(nn.Layer):
