@@ -18,7 +18,8 @@ import numpy as np
 from align.compare import compare_runs, reported
 from align.events import decisions_of, float32_verdicts
 from align.forward import _cast_inputs, torch_kernel_variant
-from align.hooks import flatten_outputs, paddle_to_numpy, torch_to_numpy
+from align import frameworks
+from align.hooks import flatten_outputs
 from align.report import write_report
 
 
@@ -28,46 +29,25 @@ def _projection(flat, seed):
     return [rng.normal(size=np.shape(a)) for _, a in flat]
 
 
-def _torch_pass(model, inputs, dtype, seed, replay, variant):
-    import torch
-    from weights_convert.rules import linear_weight_keys, torch_key_to_paddle
-    transposed = linear_weight_keys(model)
-    model.to(getattr(torch, dtype)).eval()
-    model.zero_grad(set_to_none=True)
-    tensors = [torch.from_numpy(np.asarray(v, order="C")) for v in _cast_inputs(inputs, dtype).values()]
+def _pass(model, inputs, dtype, seed, replay, variant=False):
+    """The objective's backward on one model of either framework: ({'objective', 'grad.<name>'}, decisions);
+    gradients in backward execution order (the parameters from the last defined to the first)."""
+    fw = frameworks.of(model)
+    fw.set_mode(fw.cast(model, dtype), train=False)
+    fw.zero_grad(model)
+    tensors = [fw.tensor(v) for v in _cast_inputs(inputs, dtype).values()]
     with decisions_of(model, replay=replay) as recorded, \
             (torch_kernel_variant() if variant else contextlib.nullcontext()):
         out = model(*tensors)
         tensors_out = []
         flatten_outputs("output", out, lambda t: t, tensors_out)
-        proj = _projection([(k, t.detach().numpy()) for k, t in tensors_out], seed)
+        proj = _projection([(k, fw.to_numpy(t)) for k, t in tensors_out], seed)
         # summed with a float64 accumulator on both sides: the objective is the harness's, and a float32
         # sum's own rounding (Paddle's is sequential, paddle_impl/losses/reduction.py) would dominate it
-        objective = sum((t * torch.from_numpy(r.astype(dtype))).sum(dtype=torch.float64)
-                        for (_, t), r in zip(tensors_out, proj))
-        objective.backward()
-    log = OrderedDict(objective=torch_to_numpy(objective).reshape(1))
-    log.update((f"grad.{torch_key_to_paddle(n)}", torch_to_numpy(p.grad.t() if n in transposed else p.grad))
-               for n, p in reversed(list(model.named_parameters())) if p.grad is not None)   # Linear: [in, out]
-    return log, recorded
-
-
-def _paddle_pass(model, inputs, dtype, seed, replay):
-    import paddle
-    model.to(dtype=dtype)
-    model.eval()
-    model.clear_gradients()
-    tensors = [paddle.to_tensor(np.asarray(v, order="C")) for v in _cast_inputs(inputs, dtype).values()]
-    with decisions_of(model, replay=replay) as recorded:
-        out = model(*tensors)
-        tensors_out = []
-        flatten_outputs("output", out, lambda t: t, tensors_out)
-        proj = _projection([(k, t.numpy()) for k, t in tensors_out], seed)
-        objective = sum((t * paddle.to_tensor(r.astype(dtype))).sum(dtype="float64")
-                        for (_, t), r in zip(tensors_out, proj))
-        objective.backward()
-    log = OrderedDict(objective=paddle_to_numpy(objective).reshape(1))
-    log.update((f"grad.{n}", paddle_to_numpy(p.grad)) for n, p in model.named_parameters() if p.grad is not None)
+        objective = sum(fw.sum64(t * fw.tensor(r.astype(dtype))) for (_, t), r in zip(tensors_out, proj))
+        fw.backward(objective)
+    log = OrderedDict(objective=fw.to_numpy(objective).reshape(1))
+    log.update((f"grad.{n}", g) for n, g in reversed(list(fw.grads(model).items())))
     return log, recorded
 
 
@@ -77,19 +57,19 @@ def align_backward(torch_model, paddle_model, inputs, dtype, out_dir, seed=0, ch
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     flips = None
     if dtype == "float64":
-        (t, _), (p, _) = (_torch_pass(torch_model, inputs, dtype, seed, None, False),
-                          _paddle_pass(paddle_model, inputs, dtype, seed, None))
+        (t, _), (p, _) = (_pass(torch_model, inputs, dtype, seed, None),
+                          _pass(paddle_model, inputs, dtype, seed, None))
         results = compare_runs(dtype, t, p)
     else:
         results, t, p, flips = float32_verdicts(
-            lambda dt, replay, variant: _torch_pass(torch_model, inputs, dt, seed, replay, variant),
-            lambda dt, replay: _paddle_pass(paddle_model, inputs, dt, seed, replay))
+            lambda dt, replay, variant: _pass(torch_model, inputs, dt, seed, replay, variant),
+            lambda dt, replay: _pass(paddle_model, inputs, dt, seed, replay))
         # the objective's float32 value is shown, not judged: it projects every output onto one number, so its
         # noise sums every output's rounding (measured on resnet50 at 1x3x64x80: Paddle 9.4e-5, torch 1.0e-5,
         # while every output element passes align_forward); the gradients are what this check judges
         results["objective"] = reported(t["objective"], p["objective"])
-        torch_model.float()
-        paddle_model.to(dtype="float32")
+        for model in (torch_model, paddle_model):
+            frameworks.of(model).cast(model, "float32")
     unmatched = {"torch_only": [k for k in t if k not in p], "paddle_only": [k for k in p if k not in t]}
     summary_extra = {"unmatched": unmatched, "order": "backward execution order", "objective_seed": seed,
                      "num_parameters_compared": sum(k.startswith("grad.") for k in results),

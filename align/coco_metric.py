@@ -26,7 +26,7 @@ def coco_eval(coco_gt, detections, img_ids=None, verbose=False):
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    from align.coco_files import load_coco
+    from twin_common.coco_files import load_coco
     if not isinstance(coco_gt, COCO):
         coco_gt = load_coco(coco_gt, quiet=not verbose)
     dets = [{"image_id": int(d["image_id"]), "category_id": int(d["category_id"]),

@@ -228,6 +228,34 @@ def judge_on_float64_twins(stats, fp64_max_rel=FP64_TRAIN_MAX_REL):
     return stats
 
 
+def rule_text(dtype, fp64_max_rel=None):
+    """The verdict rule in words; fp64_max_rel: the float64 limit the check applied (default FP64_MAX_REL)."""
+    fp64 = FP64_MAX_REL if fp64_max_rel is None else fp64_max_rel
+    if dtype == "float64":
+        return f"float64: max_rel <= {fp64:g} for every key"
+    return (f"float32: max_abs <= {NOISE_MULTIPLE:g} x max(min(envelope_torch, noise_paddle), "
+            f"{ULP_FLOOR:.3g} x max|ref|), noise = a framework's float32-vs-float64 error, envelope_torch "
+            f"= torch's noise over its default and its other convolution backend; where float32 flipped discrete "
+            f"decisions (rule float32-events) the residual after the float64 replay of each run's own decisions "
+            f"is judged; the float64 runs within max_rel {fp64:g} (align/py)")
+
+
+def judge_after_first_step(results, fp64_max_rel=FP64_TRAIN_MAX_REL, first_prefix="step000."):
+    """train_diff's float32 rule for the steps after the first: passed iff the float64 twins agree (their
+    float32 difference is reported). From the first update on, each float32 trajectory carries its own
+    amplified rounding, so the smaller noise stops being a bound (align/train_align.py)."""
+    for key, st in results.items():
+        if not key.startswith(first_prefix) and "float64_max_rel" in st:
+            judge_on_float64_twins(st, fp64_max_rel)
+    return results
+
+
+def limits_for(level):
+    """The default limits of a tool level ('train' keeps its curves to FP64_TRAIN_MAX_REL)."""
+    return {"float64_max_rel": FP64_TRAIN_MAX_REL if level == "train" else FP64_MAX_REL,
+            "noise_multiple": NOISE_MULTIPLE}
+
+
 def recheck(stats, fp64_max_rel=FP64_MAX_REL, multiple=NOISE_MULTIPLE, metric_max_abs=None):
     """Re-derive a key's verdict from its recorded numbers and rule (the gate does not take a tool's word).
     Returns None when the numbers satisfy the rule, else the reason."""

@@ -12,7 +12,6 @@ the noise floor (align/compare.py).
 Writes DIR/data/{torch.npy, paddle.npy, diff.txt, summary.json}; exit status 0 iff the check passed
 (2 for bad arguments or an unreadable dataset).
 """
-import argparse
 import itertools
 import sys
 import time
@@ -24,7 +23,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from align.compare import compare_runs  # noqa: E402
-from align.hooks import paddle_to_numpy, torch_to_numpy  # noqa: E402
+from align import cli_args, frameworks  # noqa: E402
 from align.report import worst_key, write_report  # noqa: E402
 from align.synthetic_coco import ensure_synthetic_coco  # noqa: E402
 
@@ -77,11 +76,11 @@ def run_data_diff(data=None, batches=2, batch_size=2, dtype="float64", seed=0, o
         ensure_synthetic_coco(DEFAULT_DATA)
         data = DEFAULT_DATA
     t_loader, p_loader = _pipelines(data, batch_size, seed, dtype, short_side, max_size)
-    torch_log, paddle_log = collect(t_loader, batches, torch_to_numpy), collect(p_loader, batches, paddle_to_numpy)
+    torch_log, paddle_log = collect(t_loader, batches, frameworks.TORCH.to_numpy), collect(p_loader, batches, frameworks.PADDLE.to_numpy)
     torch64 = paddle64 = None
     if dtype == "float32":  # each framework's own float64 pipeline gives its rounding noise
         t64, p64 = _pipelines(data, batch_size, seed, "float64", short_side, max_size)
-        torch64, paddle64 = collect(t64, batches, torch_to_numpy), collect(p64, batches, paddle_to_numpy)
+        torch64, paddle64 = collect(t64, batches, frameworks.TORCH.to_numpy), collect(p64, batches, frameworks.PADDLE.to_numpy)
     results = compare_runs(dtype, torch_log, paddle_log, torch64, paddle64)
     only = sorted(set(torch_log) ^ set(paddle_log))
     common = [k for k in torch_log if k in paddle_log]
@@ -96,19 +95,18 @@ def run_data_diff(data=None, batches=2, batch_size=2, dtype="float64", seed=0, o
                         results, order=common, extra=extra)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", help="COCO-format set, image folder or json (default: data/synthetic_coco)")
-    p.add_argument("--batches", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--dtype", default="float64", choices=["float32", "float64"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="reports", help="report root (default: reports)")
-    p.add_argument("--short-side", type=int, default=800)
-    p.add_argument("--max-size", type=int, default=1333)
-    args = p.parse_args(argv)
-    if args.batches < 1 or args.batch_size < 1 or args.short_side < 1 or args.max_size < 1:
-        p.error("--batches, --batch-size, --short-side and --max-size must be positive")
+def add_arguments(p):
+    cli_args.add_data(p)
+    p.add_argument("--batches", type=cli_args.positive_int, default=2)
+    p.add_argument("--batch-size", type=cli_args.positive_int, default=2)
+    cli_args.add_dtype(p)
+    cli_args.add_seed(p, help="seed of the loaders' NumPy generator (order and flips)")
+    cli_args.add_out(p)
+    p.add_argument("--short-side", type=cli_args.positive_int, default=800)
+    p.add_argument("--max-size", type=cli_args.positive_int, default=1333)
+
+
+def execute(args):
     from align.runtime import configure_frameworks
     configure_frameworks()
     start = time.perf_counter()
@@ -124,6 +122,10 @@ def main(argv=None):
           f"first divergence: {summary['first_divergence']}, {time.perf_counter() - start:.1f}s)")
     print(f"report: {Path(args.out) / 'data'}")
     return 0 if summary["passed"] else 1
+
+
+def main(argv=None):
+    return cli_args.tool_main(__doc__, add_arguments, execute, argv)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import contextlib
 
 import numpy as np
 
-from align.hooks import framework_of, named_submodules, register_post_hook
+from align import frameworks
 
 KINDS = ("tf32", "bf16", "fp16")
 
@@ -38,7 +38,7 @@ def degrade(array, kind):
 
 
 def _submodule(model, name):
-    modules = dict(named_submodules(model))
+    modules = dict(frameworks.of(model).named_submodules(model))
     if name not in modules:
         raise ValueError(f"no submodule {name!r} in {type(model).__name__}")
     return modules[name]
@@ -46,16 +46,9 @@ def _submodule(model, name):
 
 def _degraded_like(x, kind, fw):
     """x + (degrade(x) - x) with the difference detached, for a float32 tensor; other tensors as they are."""
-    if fw == "torch":
-        import torch
-        if not isinstance(x, torch.Tensor) or x.dtype != torch.float32:
-            return x
-        d = torch.from_numpy(degrade(x.detach().cpu().numpy(), kind))
-        return x + (d - x).detach()
-    import paddle
-    if not isinstance(x, paddle.Tensor) or x.dtype != paddle.float32:
+    if not fw.is_tensor(x) or fw.dtype_name(x) != "float32":
         return x
-    d = paddle.to_tensor(degrade(x.detach().numpy(), kind))
+    d = fw.tensor(degrade(fw.to_numpy(x), kind))
     return x + (d - x).detach()
 
 
@@ -66,22 +59,21 @@ def plant(model, name, kind, where="forward"):
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if where not in ("forward", "backward"):
         raise ValueError(f"where must be 'forward' or 'backward', got {where!r}")
-    fw = framework_of(model)
+    fw = frameworks.of(model)
     module = _submodule(model, name)
     if where == "forward":
         def pre_hook(mod, inputs):
             return tuple(_degraded_like(x, kind, fw) for x in inputs)
-        handle = module.register_forward_pre_hook(pre_hook)
+        handle = fw.register_pre_hook(module, pre_hook)
     else:
         def grad_hook(g):
             return _degraded_like(g, kind, fw)
 
         def post_hook(mod, inputs, output):
-            needs_grad = (lambda t: t.requires_grad) if fw == "torch" else (lambda t: not t.stop_gradient)
-            if needs_grad(output):
-                output.register_hook(grad_hook)
+            if fw.requires_grad(output):
+                fw.register_grad_hook(output, grad_hook)
             return output
-        handle = register_post_hook(module, post_hook)
+        handle = fw.register_post_hook(module, post_hook)
     try:
         yield
     finally:
@@ -94,13 +86,12 @@ def planted_check(model, side, layer, kind, where, out_dir, input_shape, seed=0)
     Returns the summary; a working check fails it with first_divergence at `layer`."""
     from align.backward import align_backward
     from align.forward import align_forward
-    from align.forward_diff import seeded_inputs
     from align.zoo import build_models, get_spec
-    torch_model, paddle_model = build_models(get_spec(model), None, seed)
-    inputs = seeded_inputs(input_shape, seed)
+    spec = get_spec(model)
+    torch_model, paddle_model = build_models(spec, None, seed)
+    inputs = spec.inputs(seed, input_shape)
     target = torch_model if side == "torch" else paddle_model
     with plant(target, layer, kind, where):
         if where == "forward":
-            return align_forward(torch_model, paddle_model, inputs, "float32", out_dir,
-                                 lambda m, t: m(t["images"]), lambda m, t: m(t["images"]))
+            return align_forward(torch_model, paddle_model, inputs, "float32", out_dir)
         return align_backward(torch_model, paddle_model, inputs, "float32", out_dir, seed)

@@ -24,18 +24,14 @@ from collections import OrderedDict
 import numpy as np
 
 from align.compare import FP64_MAX_REL, check_float32_events, compare_runs
-from align.hooks import call_keys, framework_of, named_submodules, register_post_hook, to_numpy
+from align import frameworks
+from align.hooks import call_keys
 
 
 def _relu_modules(model):
     """(name, module) of every ReLU module, for either framework."""
-    if framework_of(model) == "torch":
-        import torch
-        relu = torch.nn.ReLU
-    else:
-        import paddle
-        relu = paddle.nn.ReLU
-    return [(n, m) for n, m in named_submodules(model) if isinstance(m, relu)]
+    fw = frameworks.of(model)
+    return [(n, m) for n, m in fw.named_submodules(model) if isinstance(m, fw.relu_type)]
 
 
 @contextlib.contextmanager
@@ -45,9 +41,10 @@ def record_relu_masks(model):
 
     def hook_for(name):
         def hook(module, inputs, output):
-            calls.append((name, to_numpy(output > 0)))
+            calls.append((name, fw.to_numpy(output > 0)))
         return hook
-    handles = [register_post_hook(module, hook_for(name)) for name, module in _relu_modules(model)]
+    fw = frameworks.of(model)
+    handles = [fw.register_post_hook(module, hook_for(name)) for name, module in _relu_modules(model)]
     try:
         yield masks
     finally:
@@ -60,7 +57,7 @@ def record_relu_masks(model):
 def replay_relu_masks(model, masks):
     """Every ReLU call returns input * the recorded mask of its site (shapes must match); every recorded
     site must be called."""
-    fw = framework_of(model)
+    fw = frameworks.of(model)
     calls, used = {}, set()
 
     def hook_for(name):
@@ -72,13 +69,9 @@ def replay_relu_masks(model, masks):
             mask, x = masks[site], inputs[0]
             if tuple(mask.shape) != tuple(x.shape):
                 raise ValueError(f"ReLU site {site}: recorded mask {mask.shape} vs input {tuple(x.shape)}")
-            if fw == "torch":
-                import torch
-                return x * torch.from_numpy(mask).to(x.dtype)
-            import paddle
-            return x * paddle.to_tensor(mask).astype(x.dtype)
+            return x * fw.like(mask, x)
         return hook
-    handles = [register_post_hook(module, hook_for(name)) for name, module in _relu_modules(model)]
+    handles = [fw.register_post_hook(module, hook_for(name)) for name, module in _relu_modules(model)]
     try:
         yield
     finally:
@@ -105,7 +98,7 @@ def _numpy_copy(value):
     if isinstance(value, tuple):
         items = [_numpy_copy(v) for v in value]
         return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
-    return None if value is None else to_numpy(value)
+    return None if value is None else frameworks.to_numpy(value)
 
 
 def _like(array, fw, float_dtype):
@@ -117,11 +110,7 @@ def _like(array, fw, float_dtype):
         return type(array)(*items) if hasattr(array, "_fields") else tuple(items)
     if np.issubdtype(array.dtype, np.floating):
         array = array.astype(float_dtype)
-    if fw == "torch":
-        import torch
-        return torch.from_numpy(np.ascontiguousarray(array))
-    import paddle
-    return paddle.to_tensor(np.ascontiguousarray(array))
+    return fw.tensor(array)
 
 
 @contextlib.contextmanager
@@ -184,7 +173,7 @@ def decisions_of(model, loss=None, dtype="float64", replay=None):
             stack.enter_context(replay_relu_masks(model, replay["relu"]))
             if "assign" in replay:
                 stack.enter_context(replay_calls(loss.assigner, "assign", replay["assign"],
-                                                 framework_of(model), dtype))
+                                                 frameworks.of(model), dtype))
         yield recorded
 
 

@@ -15,8 +15,8 @@ from collections import OrderedDict
 import numpy as np
 
 from align.compare import compare_runs
-from align.hooks import (paddle_to_numpy, torch_to_numpy, flatten_outputs, match_records,
-                         record_paddle, record_torch)
+from align import frameworks
+from align.hooks import flatten_outputs, match_records, record
 from align.report import write_report
 
 FLOAT_DTYPES = ("float32", "float64")
@@ -39,62 +39,48 @@ def torch_kernel_variant():
         torch.backends.mkldnn.enabled = before
 
 
-def run_torch(model, inputs, dtype, outputs_fn=None):
-    """One eval-mode forward of a torch model in `dtype`; returns ({key: array} hooks then outputs, seconds)."""
-    import torch
-    model.to(getattr(torch, dtype)).eval()
-    tensors = {k: torch.from_numpy(np.asarray(v, order="C")) for k, v in _cast_inputs(inputs, dtype).items()}
+def run_side(model, inputs, dtype, outputs_fn=None):
+    """One eval-mode forward of a model of either framework in `dtype`; returns ({key: array} of every named
+    submodule's output then the final outputs, seconds)."""
+    fw = frameworks.of(model)
+    fw.set_mode(fw.cast(model, dtype), train=False)
+    tensors = {k: fw.tensor(v) for k, v in _cast_inputs(inputs, dtype).items()}
     start = time.perf_counter()
-    with torch.no_grad(), record_torch(model) as rec:
+    with fw.no_grad(), record(model) as rec:
         outputs = outputs_fn(model, tensors) if outputs_fn else model(*tensors.values())
     seconds = time.perf_counter() - start
     records = rec.records()
     flat = []
-    flatten_outputs("output", outputs, torch_to_numpy, flat)
+    flatten_outputs("output", outputs, fw.to_numpy, flat)
     records.update(flat)
     return records, seconds
 
 
-def run_paddle(model, inputs, dtype, outputs_fn=None):
-    import paddle
-    model.to(dtype=dtype)
-    model.eval()
-    tensors = {k: paddle.to_tensor(np.asarray(v, order="C")) for k, v in _cast_inputs(inputs, dtype).items()}
-    start = time.perf_counter()
-    with paddle.no_grad(), record_paddle(model) as rec:
-        outputs = outputs_fn(model, tensors) if outputs_fn else model(*tensors.values())
-    seconds = time.perf_counter() - start
-    records = rec.records()
-    flat = []
-    flatten_outputs("output", outputs, paddle_to_numpy, flat)
-    records.update(flat)
-    return records, seconds
-
-
-def align_forward(torch_model, paddle_model, inputs, dtype, out_dir, torch_outputs_fn=None,
-                  paddle_outputs_fn=None, check="forward", extra=None, float64_view=None):
+def align_forward(torch_model, paddle_model, inputs, dtype, out_dir, outputs_fn=None, check="forward",
+                  extra=None, float64_view=None):
     """Run both models, compare every matched record, write the report to out_dir; returns the summary.
 
     inputs: {name: ndarray}, passed positionally in this order (or to the outputs_fn as tensors).
-    outputs_fn(model, tensors) -> tensor / tuple / dict of tensors: the final outputs to compare.
+    outputs_fn(model, tensors) -> tensor / tuple / dict of tensors: the final outputs to compare (the same
+    function serves both sides: align.frameworks.of(model) tells them apart where needed).
     float64_view(records32, records64) -> {key: array}: for outputs that select (NMS, top-k), the float64
     counterpart of the float32 selection, replacing the float64 run's own values in the noise floor.
     """
     if dtype not in FLOAT_DTYPES:
         raise ValueError(f"dtype must be one of {FLOAT_DTYPES}, got {dtype!r}")
-    t_rec, t_sec = run_torch(torch_model, inputs, dtype, torch_outputs_fn)
-    p_rec, p_sec = run_paddle(paddle_model, inputs, dtype, paddle_outputs_fn)
+    t_rec, t_sec = run_side(torch_model, inputs, dtype, outputs_fn)
+    p_rec, p_sec = run_side(paddle_model, inputs, dtype, outputs_fn)
     matched, unmatched = match_records(t_rec, p_rec)
     timings = {f"torch_{dtype}_s": t_sec, f"paddle_{dtype}_s": p_sec}
     if dtype == "float64":
         results = compare_runs(dtype, OrderedDict((k, t_rec[k]) for k in matched), p_rec)
     else:
         with torch_kernel_variant():
-            alt, alt_sec = run_torch(torch_model, inputs, dtype, torch_outputs_fn)
-        t64, t64_sec = run_torch(torch_model, inputs, "float64", torch_outputs_fn)
-        p64, p64_sec = run_paddle(paddle_model, inputs, "float64", paddle_outputs_fn)
-        torch_model.float()
-        paddle_model.to(dtype="float32")
+            alt, alt_sec = run_side(torch_model, inputs, dtype, outputs_fn)
+        t64, t64_sec = run_side(torch_model, inputs, "float64", outputs_fn)
+        p64, p64_sec = run_side(paddle_model, inputs, "float64", outputs_fn)
+        for model in (torch_model, paddle_model):
+            frameworks.of(model).cast(model, "float32")
         timings.update(torch_variant_float32_s=alt_sec, torch_float64_s=t64_sec, paddle_float64_s=p64_sec)
         alt64 = t64
         if float64_view is not None:       # each selection's float64 counterpart, from its framework's run

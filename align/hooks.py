@@ -7,6 +7,8 @@ FPN levels) gets one key per call: 'name#0', 'name#1', ... Tuple, list and dict 
 """
 from collections import OrderedDict
 
+from align import frameworks
+
 
 def flatten_outputs(prefix, value, to_numpy, out):
     """Append (key, ndarray) pairs for every tensor inside `value` to the list `out`."""
@@ -57,83 +59,17 @@ def call_keys(names):
     return keys
 
 
-def framework_of(model):
-    """'torch' for a torch module, else 'paddle'."""
-    import torch
-    return "torch" if isinstance(model, torch.nn.Module) else "paddle"
-
-
-def named_submodules(model):
-    """(dotted name, submodule) of every submodule, the model itself excluded, for either framework."""
-    if framework_of(model) == "torch":
-        return [(n, m) for n, m in model.named_modules() if n]
-    return list(model.named_sublayers())
-
-
-def register_post_hook(module, hook):
-    """hook(module, inputs, output) after the module's forward (a returned value replaces the output);
-    returns the handle to remove."""
-    if framework_of(module) == "torch":
-        return module.register_forward_hook(hook)
-    return module.register_forward_post_hook(hook)
-
-
-def to_numpy(value):
-    """torch_to_numpy or paddle_to_numpy, whichever framework the tensor is from."""
-    arr = torch_to_numpy(value)
-    return arr if arr is not None else paddle_to_numpy(value)
-
-
-def torch_to_numpy(value):
-    """A detached NumPy copy of a tensor; arrays pass through; anything else -> None (not recorded)."""
-    import numpy as np
-    import torch
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy().copy()
-    return value if isinstance(value, np.ndarray) else None
-
-
-def paddle_to_numpy(value):
-    """The Paddle twin of torch_to_numpy."""
-    import numpy as np
-    import paddle
-    if isinstance(value, paddle.Tensor):
-        return value.detach().cpu().numpy().copy()
-    return value if isinstance(value, np.ndarray) else None
-
-
-class record_torch:
-    """Context manager: `with record_torch(model) as rec: model(x)`; then `rec.records()`."""
+class record:
+    """Context manager: `with record(model) as rec: model(x)`; then `rec.records()`. Either framework."""
 
     def __init__(self, model):
-        self.model = model
-        self.recorder = _Recorder(torch_to_numpy)
+        self.model, self.fw = model, frameworks.of(model)
+        self.recorder = _Recorder(self.fw.to_numpy)
         self.handles = []
 
     def __enter__(self):
-        for name, module in self.model.named_modules():
-            if name:
-                self.handles.append(module.register_forward_hook(self.recorder.hook_for(name)))
-        return self.recorder
-
-    def __exit__(self, *exc):
-        for h in self.handles:
-            h.remove()
-        self.handles.clear()
-        return False
-
-
-class record_paddle:
-    """Context manager: `with record_paddle(layer) as rec: layer(x)`; then `rec.records()`."""
-
-    def __init__(self, layer):
-        self.layer = layer
-        self.recorder = _Recorder(paddle_to_numpy)
-        self.handles = []
-
-    def __enter__(self):
-        for name, sub in self.layer.named_sublayers():
-            self.handles.append(sub.register_forward_post_hook(self.recorder.hook_for(name)))
+        for name, module in self.fw.named_submodules(self.model):
+            self.handles.append(self.fw.register_post_hook(module, self.recorder.hook_for(name)))
         return self.recorder
 
     def __exit__(self, *exc):

@@ -10,16 +10,17 @@ w.r.t. the inputs and state from both twins and the NumPy reference (align/loss_
 DIR/losses/<name>/{torch.npy, paddle.npy, numpy.npy, diff.txt, summary.json}; `--loss all` also writes
 DIR/losses/summary.json. Exit status 0 iff every check passed (2 for bad arguments or a missing spec).
 """
-import argparse
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from align.atomic import write_json  # noqa: E402
+from align import cli_args  # noqa: E402
 from align.loss_runner import LOSS_NAMES, load_spec, run_spec  # noqa: E402
 from align.report import worst_key  # noqa: E402
+from twin_common.atomic import write_json  # noqa: E402
 
 
 def run_all(names, dtype, out, seed):
@@ -50,23 +51,24 @@ def run_all(names, dtype, out, seed):
     return verdicts, missing
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(p):
     p.add_argument("--loss", help="one of " + " ".join(LOSS_NAMES) + ", or all")
-    p.add_argument("--dtype", default="float64", choices=["float32", "float64"])
-    p.add_argument("--out", default="reports", help="report root (default: reports)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the NumPy generator that makes every case")
+    cli_args.add_dtype(p)
+    cli_args.add_out(p)
+    cli_args.add_seed(p, help="seed of the NumPy generator that makes every case")
     p.add_argument("--list", action="store_true", help="list the losses and whether their spec exists")
-    args = p.parse_args(argv)
+
+
+def execute(args):
     if args.list:
         for name in LOSS_NAMES:
             spec = load_spec(name)
             print(f"{name:12s} {spec.description if spec else '(no spec yet)'}")
         return 0
     if not args.loss:
-        p.error("--loss is required (or --list)")
+        args.parser.error("--loss is required (or --list)")
     if args.loss != "all" and args.loss not in LOSS_NAMES:
-        p.error(f"--loss must be one of {', '.join(LOSS_NAMES)} or all, got {args.loss!r}")
+        args.parser.error(f"--loss must be one of {', '.join(LOSS_NAMES)} or all, got {args.loss!r}")
     from align.runtime import configure_frameworks
     configure_frameworks()
     names = LOSS_NAMES if args.loss == "all" else (args.loss,)
@@ -84,6 +86,10 @@ def main(argv=None):
           f"({sum(v['passed'] for v in verdicts.values())}/{len(verdicts)} losses passed"
           f"{', missing: ' + ' '.join(missing) if missing else ''}); report: {Path(args.out) / 'losses'}")
     return 0 if passed else 1
+
+
+def main(argv=None):
+    return cli_args.tool_main(__doc__, add_arguments, execute, argv)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from collections import OrderedDict
 import numpy as np
 
 from align.compare import check_exact, check_exact_events, check_float32, check_float32_events, check_float64
-from align.hooks import paddle_to_numpy, torch_to_numpy
+from align import frameworks
 from align.report import save_reprod_log, write_report
 
 LOSS_NAMES = ("focal", "ghmc", "ghmr", "aploss", "smooth_l1", "balanced_l1", "varifocal", "giou", "dfl")
@@ -50,57 +50,17 @@ def load_spec(name):
     return module.SPEC
 
 
-class TorchSide:
-    name = "torch"
-
-    def __init__(self):
-        import torch
-        self.torch = torch
-
-    def tensor(self, array, dtype, requires_grad):
-        array = np.asarray(array)
-        if np.issubdtype(array.dtype, np.floating):
-            t = self.torch.tensor(array.astype(dtype))
-            return t.requires_grad_(requires_grad)
-        return self.torch.tensor(array.astype(np.int64))
-
-    numpy = staticmethod(torch_to_numpy)
-
-    def grad(self, t, shape):
-        g = t.grad if isinstance(t, self.torch.Tensor) and t.requires_grad else None
-        return np.zeros(shape) if g is None else self.numpy(g)
-
-    def backward(self, outputs):
-        total = sum(o.sum() for o in outputs.values())
-        if isinstance(total, self.torch.Tensor) and total.requires_grad:
-            total.backward()
+def _floats_or_int64(value):
+    """Case arrays: floating ones as they are (cast to the run's dtype), every other one as int64."""
+    value = np.asarray(value)
+    return value if np.issubdtype(value.dtype, np.floating) else value.astype(np.int64)
 
 
-class PaddleSide:
-    name = "paddle"
-
-    def __init__(self):
-        import paddle
-        self.paddle = paddle
-
-    def tensor(self, array, dtype, requires_grad):
-        array = np.asarray(array)
-        if np.issubdtype(array.dtype, np.floating):
-            t = self.paddle.to_tensor(array.astype(dtype), place=self.paddle.CPUPlace())
-            t.stop_gradient = not requires_grad
-            return t
-        return self.paddle.to_tensor(array.astype(np.int64), place=self.paddle.CPUPlace())
-
-    numpy = staticmethod(paddle_to_numpy)
-
-    def grad(self, t, shape):
-        g = t.grad if isinstance(t, self.paddle.Tensor) and not t.stop_gradient else None
-        return np.zeros(shape) if g is None else self.numpy(g)
-
-    def backward(self, outputs):
-        total = sum(o.sum() for o in outputs.values())
-        if isinstance(total, self.paddle.Tensor) and not total.stop_gradient:
-            total.backward()
+def _backward(fw, outputs):
+    """Backward of the sum of every output, when it carries a gradient."""
+    total = sum(o.sum() for o in outputs.values())
+    if fw.is_tensor(total) and fw.requires_grad(total):
+        fw.backward(total)
 
 
 def _as_dict(out):
@@ -113,20 +73,19 @@ def _as_dict(out):
 
 def run_framework(side, spec, case, dtype):
     """One twin on every step of a case: [{"outputs", "grads", "state", "diag"} of arrays per step]."""
-    build = spec.build_torch if side.name == "torch" else spec.build_paddle
-    state_fn = spec.torch_state if side.name == "torch" else spec.paddle_state
+    build, state_fn = getattr(spec, f"build_{side.name}"), getattr(spec, f"{side.name}_state")
     obj = build(dtype)
     records = []
     for step in case.steps:
-        tensors = {k: side.tensor(v, dtype, k in case.grad_wrt) for k, v in step.items()}
+        tensors = {k: side.tensor(_floats_or_int64(v), dtype, k in case.grad_wrt) for k, v in step.items()}
         diag = spec.diagnostics(side.name, obj, tensors) if spec.diagnostics else {}
         outputs = _as_dict(obj(**tensors))
-        side.backward(outputs)
+        _backward(side, outputs)
         records.append({
-            "outputs": {k: side.numpy(v) for k, v in outputs.items()},
-            "grads": {k: side.grad(tensors[k], np.shape(step[k])) for k in case.grad_wrt},
+            "outputs": {k: side.to_numpy(v) for k, v in outputs.items()},
+            "grads": {k: side.grad_of(tensors[k], np.shape(step[k])) for k in case.grad_wrt},
             "state": {k: np.asarray(v) for k, v in (state_fn(obj) if state_fn else {}).items()},
-            "diag": {k: side.numpy(v).astype(np.int64) for k, v in diag.items()},
+            "diag": {k: side.to_numpy(v).astype(np.int64) for k, v in diag.items()},
         })
     return records
 
@@ -231,7 +190,7 @@ def run_spec(spec, dtype="float64", out="reports", seed=0):
     """Run every case of `spec` in `dtype`; write DIR/losses/<name>/ and return the summary."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-    sides = {"torch": TorchSide(), "paddle": PaddleSide()}
+    sides = {fw.name: fw for fw in frameworks.pair()}
     cases = spec.make_cases(np.random.default_rng(seed))
     torch_log, paddle_log, numpy_log, results, case_info = OrderedDict(), OrderedDict(), OrderedDict(), OrderedDict(), {}
     timings = {"torch_s": 0.0, "paddle_s": 0.0, "numpy_s": 0.0}

@@ -15,7 +15,7 @@ import numpy as np
 from reprod_log import ReprodLogger
 
 from align import compare
-from align.atomic import atomic_path, write_json, write_text
+from twin_common.atomic import atomic_path, write_json, write_text
 
 
 def save_reprod_log(path, data):
@@ -67,18 +67,6 @@ def render_table(summary):
     return "\n".join(lines) + "\n"
 
 
-def rule_text(dtype, fp64_max_rel=None):
-    """The verdict rule in words; fp64_max_rel: the float64 limit the check applied (default FP64_MAX_REL)."""
-    fp64 = compare.FP64_MAX_REL if fp64_max_rel is None else fp64_max_rel
-    if dtype == "float64":
-        return f"float64: max_rel <= {fp64:g} for every key"
-    return (f"float32: max_abs <= {compare.NOISE_MULTIPLE:g} x max(min(envelope_torch, noise_paddle), "
-            f"{compare.ULP_FLOOR:.3g} x max|ref|), noise = a framework's float32-vs-float64 error, envelope_torch "
-            f"= torch's noise over its default and its other convolution backend; where float32 flipped discrete "
-            f"decisions (rule float32-events) the residual after the float64 replay of each run's own decisions "
-            f"is judged; the float64 runs within max_rel {fp64:g} (align/compare.py)")
-
-
 def worst_key(summary, skip=lambda stats: False):
     """(key, max_rel) of the largest max_rel in a summary, leaving out keys `skip` says; ("", 0.0) if none."""
     rows = [(k, v["max_rel"]) for k, v in summary["keys"].items() if not skip(v)]
@@ -120,7 +108,7 @@ def write_report(out_dir, check, dtype, torch_log, paddle_log, results, order=No
         "passed": bool(all(r["passed"] for r in results.values())) and bool(results),
         "dtype": dtype,
         "first_divergence": first,
-        "rule": rule_text(dtype, fp64_max_rel),
+        "rule": compare.rule_text(dtype, fp64_max_rel),
         "num_keys": len(results),
         "worst_passed_ratio": {"key": worst_key_, "ratio": worst_ratio},
         "keys": {k: results[k] for k in order if k in results},

@@ -47,21 +47,3 @@ def seeded_init_torch(model, seed=0):
             t = state[name]
             t.copy_(torch.from_numpy(seeded_array(seed, name, tuple(t.shape), kind)).to(t.dtype))
     return model
-
-
-def seeded_retina_head_init_torch(model, seed=0, std=0.01, prior_prob=0.01):
-    """RetinaNet's own head initialisation (normal std 0.01, zero biases, classification prior), drawn from
-    the same name-seeded NumPy generators. Training checks start from it: a head initialised like the
-    backbone starts with a loss of ~60 and chaotic first steps that amplify float64 rounding."""
-    import math
-
-    import torch
-    from torch import nn
-    with torch.no_grad():
-        for name, m in model.bbox_head.named_modules():
-            if isinstance(m, nn.Conv2d):
-                full = f"bbox_head.{name}.weight"
-                m.weight.copy_(torch.from_numpy(tensor_rng(seed, full).normal(0.0, std, size=tuple(m.weight.shape))))
-                m.bias.zero_()
-        model.bbox_head.retina_cls.bias.fill_(-math.log((1 - prior_prob) / prior_prob))
-    return model

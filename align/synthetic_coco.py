@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from align.atomic import atomic_path, write_json  # noqa: E402
+from twin_common.atomic import atomic_path, write_json  # noqa: E402
 
 CATEGORIES = [  # (id, name, base colour RGB)
     (1, "rectangle", (220, 40, 40)),

@@ -1,8 +1,8 @@
-"""Training-side alignment: the RetinaNet training variants, identical batches, one optimisation step.
+"""Training-side alignment of any zoo model with a TrainSpec: identical batches, one optimisation step.
 
 Both frameworks get the same seeded weights (torch init, converted), the same batches (mirrored COCO readers
 driven by one seed) and the same optimiser recipe:
-- SGD, momentum 0.9, weight decay 1e-4 except biases and normalisation parameters (the usual no-decay set).
+- SGD, momentum 0.9, weight decay 1e-4 except the spec's no-decay set (RetinaNet: biases and normalisation).
   Paddle's momentum kernel takes mu and the L2 coefficient as float32 attributes, even for float64
   parameters (float32(0.9) = 0.89999997615814): both sides get the float32 values, or float64 runs part
   by ~2e-8 relative from the second step on (first seen in zero-initialised biases);
@@ -20,16 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from align.seeded_init import seeded_init_torch, seeded_retina_head_init_torch
-from weights_convert.rules import torch_key_to_paddle
+from align import frameworks
+from align.seeded_init import seeded_init_torch
 from weights_convert.transfer import copy_torch_to_paddle
-
-TRAIN_MODELS = {
-    "retina_r50": dict(loss_type="focal", model={}),
-    "retina_r50_ghm": dict(loss_type="ghm", model={}),
-    "retina_r50_aploss": dict(loss_type="aploss",
-                              model={"anchor_cfg": {"scales_per_octave": 2, "center_offset": 0.5}}),
-}
 
 
 @dataclass
@@ -50,132 +43,73 @@ class Recipe:
         return self.base_lr * 0.1 ** sum(step >= s for s in self.decay_steps)
 
 
-def no_decay(name):
-    return name.endswith(".bias") or ".bn" in name or "downsample.1" in name or name.startswith("bn")
+def _train_spec(spec):
+    if spec.train is None:
+        raise ValueError(f"model {spec.name!r} has no training spec")
+    return spec.train
 
 
-def build_training_pair(name, num_classes, seed=0, dtype="float64"):
-    """(torch model, torch loss, paddle model, paddle loss) with identical weights, in dtype."""
-    import torch
-    from paddle_impl.models.retinanet import RetinaNet as PRetina
-    from torch_ref.models.retinanet import RetinaNet as TRetina
-    if name not in TRAIN_MODELS:
-        raise ValueError(f"unknown training model {name!r}; available: {', '.join(TRAIN_MODELS)}")
-    cfg = TRAIN_MODELS[name]
-    t_model = TRetina(num_classes=num_classes, **cfg["model"])
-    p_model = PRetina(num_classes=num_classes, **cfg["model"])
+def build_training_pair(spec, num_classes, seed=0, dtype="float64"):
+    """(torch model, torch loss, paddle model, paddle loss) of a zoo spec with identical weights, in dtype:
+    the seeded init, then the family's head init, copied to Paddle."""
+    from align.zoo import build_twins
+    train = _train_spec(spec)
+    t_model, p_model = build_twins(spec, num_classes=num_classes)
     seeded_init_torch(t_model, seed)
-    seeded_retina_head_init_torch(t_model, seed)
-    copy_torch_to_paddle(t_model, p_model)
-    t_model.to(getattr(torch, dtype))
-    p_model.to(dtype=dtype)
-    t_loss, p_loss = training_losses(name, num_classes, t_model, p_model, dtype)
+    if train.head_init is not None:
+        train.head_init(t_model, seed)
+    copy_torch_to_paddle(t_model, p_model, spec.key_rule)
+    for model in (t_model, p_model):
+        frameworks.of(model).cast(model, dtype)
+    t_loss, p_loss = training_losses(spec, num_classes, t_model, p_model, dtype)
     return t_model, t_loss, p_model, p_loss
 
 
-def training_losses(name, num_classes, t_model, p_model, dtype):
-    """Fresh (torch loss, paddle loss) of a training variant, in dtype (GHM's momentum state at zero)."""
-    import torch
-    from paddle_impl.models.retina_loss import RetinaLoss as PLoss
-    from torch_ref.models.retina_loss import RetinaLoss as TLoss
-    loss_type = TRAIN_MODELS[name]["loss_type"]
-    t_loss = TLoss(num_classes, t_model.box_coder, loss_type)
-    p_loss = PLoss(num_classes, p_model.box_coder, loss_type)
-    t_loss.to(getattr(torch, dtype))
-    p_loss.to(dtype=dtype)
+def training_losses(spec, num_classes, t_model, p_model, dtype):
+    """Fresh (torch loss, paddle loss) of a spec, in dtype (GHM's momentum state at zero)."""
+    train = _train_spec(spec)
+    t_loss = train.build_torch_loss(t_model, num_classes)
+    p_loss = train.build_paddle_loss(p_model, num_classes)
+    for loss in (t_loss, p_loss):
+        frameworks.of(loss).cast(loss, dtype)
     return t_loss, p_loss
 
 
-def loss_state(loss_module, to_numpy):
-    """GHM momentum state (acc_sum buffers) by name, part of what training compares."""
-    return {f"{k}": to_numpy(v) for k, v in loss_module.state_dict().items()}
+def loss_state(loss_module):
+    """The loss module's state (GHM momentum acc_sum buffers) by name, part of what training compares."""
+    return frameworks.of(loss_module).numpy_state(loss_module)
 
 
-def step_losses(model, loss, batch):
-    """Loss terms of one batch; the twins share their call signatures, so one function serves both."""
-    cls, reg = model(batch["images"])
-    anchors = model.anchors(batch["images"], cls)
-    return loss(cls, reg, anchors, batch["boxes"], batch["labels"])
-
-
-def torch_grads(model):
-    return {torch_key_to_paddle(n): p.grad.detach().numpy().copy() for n, p in model.named_parameters()
-            if p.requires_grad and p.grad is not None}
-
-
-def paddle_grads(model):
-    return {n: p.grad.numpy().copy() for n, p in model.named_parameters()
-            if not p.stop_gradient and p.grad is not None}
-
-
-def param_groups(named_params, recipe):
+def param_groups(named_params, recipe, no_decay):
     """SGD groups: weight decay on everything but the no-decay set. Works for either framework's parameters."""
     return [{"params": [p for n, p in named_params if not no_decay(n)], "weight_decay": recipe.weight_decay},
             {"params": [p for n, p in named_params if no_decay(n)], "weight_decay": 0.0}]
 
 
-def torch_optimizer(named_params, recipe):
-    import torch
-    return torch.optim.SGD(param_groups(named_params, recipe), lr=recipe.lr(0), momentum=recipe.momentum)
+class Trainer:
+    """One framework's SGD steps on a model and its loss: the recipe's learning rate, torch's clipping
+    formula on both sides (module docstring), and the values logged per step."""
 
-
-def paddle_optimizer(named_params, recipe):
-    import paddle
-    return paddle.optimizer.Momentum(learning_rate=recipe.lr(0), momentum=recipe.momentum,
-                                     parameters=param_groups(named_params, recipe), use_nesterov=False)
-
-
-def clip_grad_norm_paddle(params, max_norm):
-    """torch.nn.utils.clip_grad_norm_'s formula on Paddle gradients (see the module docstring); returns the
-    global norm before clipping."""
-    import paddle
-    grads = [p.grad for p in params if p.grad is not None]
-    norm = paddle.sqrt(paddle.add_n([(g * g).sum() for g in grads]))
-    coef = paddle.clip(max_norm / (norm + 1e-6), max=1.0)
-    for g in grads:
-        g.set_value(g * coef)
-    return norm
-
-
-class TorchTrainer:
-    def __init__(self, model, loss, recipe):
-        import torch
-        self.torch, self.model, self.loss, self.recipe = torch, model, loss, recipe
-        self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        self.params, self.opt = [p for _, p in self.named], torch_optimizer(self.named, recipe)
+    def __init__(self, model, loss, train):
+        self.fw, self.model, self.loss, self.train = frameworks.of(model), model, loss, train
+        self.recipe = train.recipe
+        self.named = self.fw.named_trainable(model)
+        self.params = [p for _, p in self.named]
+        self.opt = self.fw.sgd(param_groups(self.named, self.recipe, train.no_decay), self.recipe.lr(0),
+                               self.recipe.momentum)
 
     def step(self, step, batch):
-        torch = self.torch
-        for g in self.opt.param_groups:
-            g["lr"] = self.recipe.lr(step)
-        self.model.train()
-        self.opt.zero_grad()
-        terms = step_losses(self.model, self.loss, batch)
+        fw = self.fw
+        fw.set_lr(self.opt, self.recipe.lr(step))
+        fw.set_mode(self.model, train=True)
+        fw.zero_grad(self.model)
+        terms = self.train.step_losses(self.model, self.loss, batch)
         total = sum(terms.values())
-        total.backward()
-        norm = torch.nn.utils.clip_grad_norm_(self.params, self.recipe.clip_norm)
+        fw.backward(total)
+        norm = fw.clip_grad_norm(self.params, self.recipe.clip_norm)
         self.opt.step()
-        return {"loss": total.item(), **{k: v.item() for k, v in terms.items()},
-                "lr": self.recipe.lr(step), "grad_norm": norm.item()}
-
-
-class PaddleTrainer:
-    def __init__(self, model, loss, recipe):
-        self.model, self.loss, self.recipe = model, loss, recipe
-        self.named = [(n, p) for n, p in model.named_parameters() if not p.stop_gradient]
-        self.params, self.opt = [p for _, p in self.named], paddle_optimizer(self.named, recipe)
-
-    def step(self, step, batch):
-        self.opt.set_lr(self.recipe.lr(step))
-        self.model.train()
-        self.opt.clear_grad()
-        terms = step_losses(self.model, self.loss, batch)
-        total = sum(terms.values())
-        total.backward()
-        norm = clip_grad_norm_paddle(self.params, self.recipe.clip_norm)
-        self.opt.step()
-        return {"loss": float(total), **{k: float(v) for k, v in terms.items()},
-                "lr": self.recipe.lr(step), "grad_norm": float(norm)}
+        return {"loss": fw.item(total), **{k: fw.item(v) for k, v in terms.items()},
+                "lr": self.recipe.lr(step), "grad_norm": norm}
 
 
 def param_stats(named_arrays):

@@ -4,7 +4,7 @@ import stat
 
 import pytest
 
-from align.atomic import atomic_path, write_json, write_text
+from twin_common.atomic import atomic_path, write_json, write_text
 
 
 @pytest.fixture

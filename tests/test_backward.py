@@ -7,15 +7,14 @@ import torch
 
 from align.backward import align_backward
 from align.events import mask_flips, record_relu_masks, replay_relu_masks
-from align.forward_diff import seeded_inputs
-from align.zoo import build_models, get_spec
+from align.zoo import build_models, get_spec, seeded_images
 
 SHAPE = (1, 3, 64, 80)
 
 
 def test_paddle_adaptive_avg_pool_float64_backward_defect_is_still_there():
     """Paddle 3.3.1: AdaptiveAvgPool2D's float64 backward scales by float32(1/(H*W)); the ResNet twin uses
-    a plain mean (paddle_impl/models/resnet.py GlobalAvgPool)."""
+    a plain mean (paddle_impl/backbones/resnet.py GlobalAvgPool)."""
     x = paddle.ones([1, 1, 4, 5], dtype="float64")
     x.stop_gradient = False
     paddle.nn.AdaptiveAvgPool2D(1)(x).sum().backward()
@@ -29,7 +28,7 @@ def test_paddle_adaptive_avg_pool_float64_backward_defect_is_still_there():
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_resnet50_backward_aligns(dtype, tmp_path):
     torch_model, paddle_model = build_models(get_spec("resnet50"), None, 0)
-    summary = align_backward(torch_model, paddle_model, seeded_inputs(SHAPE, 0), dtype, str(tmp_path))
+    summary = align_backward(torch_model, paddle_model, seeded_images(SHAPE, 0), dtype, str(tmp_path))
     assert summary["passed"], summary["first_divergence"]
     assert summary["num_parameters_compared"] == 161 and not any(summary["unmatched"].values())
     first_grads = [k for k in summary["keys"] if k.startswith("grad.")][:2]
@@ -43,7 +42,7 @@ def test_adaptive_avg_pool_in_the_paddle_twin_is_caught_upstream_of_it(tmp_path,
     monkeypatch.setattr(resnet.GlobalAvgPool, "forward",
                         lambda self, x: paddle.nn.functional.adaptive_avg_pool2d(x, 1))
     torch_model, paddle_model = build_models(get_spec("resnet50"), None, 0)
-    summary = align_backward(torch_model, paddle_model, seeded_inputs(SHAPE, 0), "float64", str(tmp_path))
+    summary = align_backward(torch_model, paddle_model, seeded_images(SHAPE, 0), "float64", str(tmp_path))
     assert not summary["passed"]
     assert summary["keys"]["grad.fc.weight"]["passed"]                      # downstream of the pool: exact
     assert summary["first_divergence"] == "grad.layer4.2.bn3.bias"          # the first gradient through it

@@ -7,13 +7,14 @@ import pytest
 import torch
 import torchvision
 
-from align.zoo import build_pair
+from align.zoo import build_twins, get_spec
 from weights_convert.checkpoint_io import CheckpointError, load_paddle, load_torch
+from align.convert import layout_for
 from weights_convert.convert import convert_file
 
 from tests.conftest import ROOT
 
-CLI = [sys.executable, str(ROOT / "weights_convert" / "convert.py")]
+CLI = [sys.executable, "-m", "align", "convert"]
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +31,8 @@ def _run_cli(*args):
 
 def test_round_trip_is_bit_exact(resnet_ckpt, tmp_path):
     pd_path, back = tmp_path / "r50.pdparams", tmp_path / "back.pth"
-    convert_file("resnet50", str(resnet_ckpt), str(pd_path))
-    convert_file("resnet50", str(pd_path), str(back))
+    convert_file(layout_for("resnet50"), str(resnet_ckpt), str(pd_path))
+    convert_file(layout_for("resnet50"), str(pd_path), str(back))
     src, rt, pd = load_torch(str(resnet_ckpt)), load_torch(str(back)), load_paddle(str(pd_path))
     assert list(src) == list(rt)
     for k in src:
@@ -46,13 +47,13 @@ def test_round_trip_is_bit_exact(resnet_ckpt, tmp_path):
 def test_retina_round_trip_paddle_first(tmp_path):
     """A checkpoint Paddle wrote itself (every tensor seeded on the Paddle side) survives Paddle -> torch -> Paddle."""
     import paddle
-    _, p = build_pair("retina_r50")
+    _, p = build_twins(get_spec("retina_r50"))
     rng = np.random.default_rng(3)
     for value in p.state_dict().values():
         value.set_value(rng.standard_normal(value.shape).astype(value.numpy().dtype))
     paddle.save(p.state_dict(), str(tmp_path / "a.pdparams"))
-    convert_file("retina_r50", str(tmp_path / "a.pdparams"), str(tmp_path / "b.pth"))
-    convert_file("retina_r50", str(tmp_path / "b.pth"), str(tmp_path / "b.pdparams"))
+    convert_file(layout_for("retina_r50"), str(tmp_path / "a.pdparams"), str(tmp_path / "b.pth"))
+    convert_file(layout_for("retina_r50"), str(tmp_path / "b.pth"), str(tmp_path / "b.pdparams"))
     a, b = load_paddle(str(tmp_path / "a.pdparams")), load_paddle(str(tmp_path / "b.pdparams"))
     assert all(a[k].tobytes() == b[k].tobytes() for k in a) and set(a) == set(b)
 
@@ -76,12 +77,12 @@ def test_removed_and_misshaped_keys_are_all_named(resnet_ckpt, tmp_path):
 def test_wrong_shape_in_paddle_checkpoint(resnet_ckpt, tmp_path):
     import paddle
     pd_path = tmp_path / "r50.pdparams"
-    convert_file("resnet50", str(resnet_ckpt), str(pd_path))
+    convert_file(layout_for("resnet50"), str(resnet_ckpt), str(pd_path))
     state = paddle.load(str(pd_path))
     state["fc.weight"] = paddle.zeros([1000, 2048])                # torch layout: not transposed
     paddle.save(state, str(tmp_path / "wrong.pdparams"))
     with pytest.raises(CheckpointError, match=r"fc.weight: got \(1000, 2048\), expected \(2048, 1000\)"):
-        convert_file("resnet50", str(tmp_path / "wrong.pdparams"), str(tmp_path / "x.pth"))
+        convert_file(layout_for("resnet50"), str(tmp_path / "wrong.pdparams"), str(tmp_path / "x.pth"))
 
 
 def test_truncated_and_non_checkpoint_files(resnet_ckpt, tmp_path):
@@ -106,4 +107,4 @@ def test_torch_checkpoint_with_code_is_refused(tmp_path):
 
 def test_same_framework_on_both_sides_is_an_error(resnet_ckpt, tmp_path):
     with pytest.raises(CheckpointError, match="nothing to convert"):
-        convert_file("resnet50", str(resnet_ckpt), str(tmp_path / "copy.pth"))
+        convert_file(layout_for("resnet50"), str(resnet_ckpt), str(tmp_path / "copy.pth"))

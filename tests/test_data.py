@@ -13,7 +13,7 @@ import paddle_impl.data as pd
 import paddle_impl.data.transforms as pt
 import torch_ref.data as td
 import torch_ref.data.transforms as tt
-from align.coco_files import rescale_size, resolve_layout
+from twin_common.coco_files import rescale_size, resolve_layout
 from align.data_diff import main as data_diff_main
 from align.data_diff import run_data_diff
 from align.synthetic_coco import ensure_synthetic_coco, generate_synthetic_coco
@@ -65,7 +65,7 @@ def test_generator_is_deterministic_and_exact(tmp_path):
                (tmp_path / "b" / "images" / img["file_name"]).read_bytes()
     # boxes are the drawn pixels: objects have one flat colour (the background is noisy), and in a
     # one-pixel frame around the box that colour spans exactly the box
-    from align.coco_files import decode_image
+    from twin_common.coco_files import decode_image
     for ann in ja["annotations"]:
         img = decode_image(tmp_path / "a" / "images" / f"{ann['image_id']:06d}.png")
         x, y, w, h = (int(v) for v in ann["bbox"])

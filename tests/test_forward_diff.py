@@ -46,7 +46,7 @@ def test_retina_forward_aligns(dtype, tmp_path):
 
 
 def test_broken_twin_is_caught_at_the_first_diverging_module(tmp_path, monkeypatch):
-    from paddle_impl.models.fpn import FPN
+    from paddle_impl.necks.fpn import FPN
     original = FPN.__init__
 
     def relu_before_p7(self, *a, **kw):      # a port that follows torchvision's P7 instead of the GHM paper

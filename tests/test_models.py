@@ -9,15 +9,15 @@ import torchvision
 
 from align.numpy_ref.box_coder import delta_decode, delta_encode
 from align.seeded_init import seeded_init_torch
-from align.zoo import MODELS, build_pair
-from paddle_impl.models.anchors import AnchorGenerator as PAnchors
-from paddle_impl.models.box_coder import DeltaXYWHBBoxCoder as PCoder
-from paddle_impl.models.fpn import FPN as PFPN
-from torch_ref.models.anchors import AnchorGenerator as TAnchors
-from torch_ref.models.box_coder import DeltaXYWHBBoxCoder as TCoder
-from torch_ref.models.fpn import FPN as TFPN
-from torch_ref.models.resnet import resnet50
-from torch_ref.models.retinanet import RetinaNet as TRetina
+from align.zoo import MODELS, build_twins, get_spec
+from paddle_impl.priors.anchors import AnchorGenerator as PAnchors
+from paddle_impl.coders.box_coder import DeltaXYWHBBoxCoder as PCoder
+from paddle_impl.necks.fpn import FPN as PFPN
+from torch_ref.priors.anchors import AnchorGenerator as TAnchors
+from torch_ref.coders.box_coder import DeltaXYWHBBoxCoder as TCoder
+from torch_ref.necks.fpn import FPN as TFPN
+from torch_ref.backbones.resnet import resnet50
+from torch_ref.detectors.retinanet import RetinaNet as TRetina
 from weights_convert.convert import layout_from_models
 from weights_convert.transfer import copy_torch_to_paddle
 
@@ -33,7 +33,7 @@ def test_torchvision_resnet50_state_dict_loads_and_matches():
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_twins_mirror_names_and_shapes(name):
-    layout = layout_from_models(*build_pair(name))   # raises if the twins differ
+    layout = layout_from_models(*build_twins(get_spec(name)))   # raises if the twins differ
     assert len(layout.paddle_shapes) > 100
 
 
@@ -151,7 +151,7 @@ def test_postprocess_nms_keeps_best_of_overlapping_same_class():
 
 
 def test_frozen_stages_and_norm_eval_on_both_sides():
-    t, p = build_pair("retina_r50")
+    t, p = build_twins(get_spec("retina_r50"))
     seeded_init_torch(t, 0)
     copy_torch_to_paddle(t, p)
     t.double().train()

@@ -4,11 +4,13 @@ import paddle
 import pytest
 import torch
 
-import align.train_diff as train_diff
-from align import backward_diff
+from align import frameworks
+from align.compare import judge_after_first_step
 from align.gate import check_keys
-from align.training import (Recipe, clip_grad_norm_paddle, no_decay, paddle_optimizer, param_stats,
-                            torch_optimizer)
+from align.train_align import run_train
+from align.train_step import run_backward
+from align.training import Recipe, param_groups, param_stats
+from align.zoo.retinanet import no_decay
 
 
 def test_recipe_schedule_is_linear_warmup_then_step_decay():
@@ -37,7 +39,7 @@ def test_paddle_clip_uses_torch_formula(clip_norm):
         tp.grad = torch.tensor(g)
         (pp * paddle.to_tensor(g)).sum().backward()
     t_norm = torch.nn.utils.clip_grad_norm_([tp for _, tp in t], clip_norm)
-    p_norm = clip_grad_norm_paddle([pp for _, pp in p], clip_norm)
+    p_norm = frameworks.PADDLE.clip_grad_norm([pp for _, pp in p], clip_norm)
     assert float(p_norm) == pytest.approx(float(t_norm), rel=1e-15)
     for (_, tp), (_, pp) in zip(t, p):
         np.testing.assert_allclose(pp.grad.numpy(), tp.grad.numpy(), rtol=1e-15, atol=0)
@@ -46,7 +48,8 @@ def test_paddle_clip_uses_torch_formula(clip_norm):
 def _run_optimizers(recipe, steps=4):
     rng = np.random.default_rng(1)
     t, p = _named_pair(rng)
-    t_opt, p_opt = torch_optimizer(t, recipe), paddle_optimizer(p, recipe)
+    t_opt, p_opt = (fw.sgd(param_groups(named, recipe, no_decay), recipe.lr(0), recipe.momentum)
+                    for fw, named in zip(frameworks.pair(), (t, p)))
     for i in range(steps):
         for g in t_opt.param_groups:
             g["lr"] = recipe.lr(i)
@@ -87,7 +90,7 @@ def _float32_key(ratio, f64, step="step003"):
 
 def test_float32_training_judges_later_steps_on_the_float64_twins():
     results = {**_float32_key(50.0, 1e-12, "step000"), **_float32_key(50.0, 1e-12), **_float32_key(0.1, 1e-6, "step004")}
-    train_diff.judge_later_steps_on_float64(results)
+    judge_after_first_step(results)
     assert [results[k]["passed"] for k in ("step000.loss", "step003.loss", "step004.loss")] == [False, True, False]
     summary = {"check": "train:m", "dtype": "float32", "keys": results}
     assert check_keys(summary) == ["step000.loss", "step004.loss"]
@@ -98,7 +101,7 @@ def test_float32_training_judges_later_steps_on_the_float64_twins():
 @pytest.fixture(scope="module")
 def ghm_two_steps(tmp_path_factory):
     out = tmp_path_factory.mktemp("train")
-    return out, train_diff.run("retina_r50_ghm", steps=2, out=str(out), checkpoint=False)
+    return out, run_train("retina_r50_ghm", steps=2, out=str(out), checkpoint=False)
 
 
 def test_train_diff_ghm_float64(ghm_two_steps):
@@ -117,9 +120,9 @@ def test_train_diff_ghm_float64(ghm_two_steps):
 
 def test_train_diff_resumes_where_it_stopped(ghm_two_steps, tmp_path):
     _, straight = ghm_two_steps
-    train_diff.run("retina_r50_ghm", steps=1, out=str(tmp_path), keep_checkpoint=True)
+    run_train("retina_r50_ghm", steps=1, out=str(tmp_path), keep_checkpoint=True)
     assert (tmp_path / "retina_r50_ghm" / "train" / "checkpoint_float64.pkl").is_file()
-    resumed = train_diff.run("retina_r50_ghm", steps=2, out=str(tmp_path), resume=True)
+    resumed = run_train("retina_r50_ghm", steps=2, out=str(tmp_path), resume=True)
     assert resumed["passed"]
     log = lambda folder: np.load(folder / "retina_r50_ghm" / "train" / "torch.npy", allow_pickle=True)  # noqa: E731
     straight_log = log(ghm_two_steps[0]).item()
@@ -130,10 +133,10 @@ def test_train_diff_resumes_where_it_stopped(ghm_two_steps, tmp_path):
 
 
 def test_train_diff_catches_a_broken_ghm_momentum(monkeypatch, tmp_path):
-    import paddle_impl.models.retina_loss as prl
+    import paddle_impl.losses.retina_loss as prl
     real = prl.GHMC
     monkeypatch.setattr(prl, "GHMC", lambda **kw: real(**{**kw, "momentum": 0.7}))
-    summary = train_diff.run("retina_r50_ghm", steps=1, out=str(tmp_path), checkpoint=False)
+    summary = run_train("retina_r50_ghm", steps=1, out=str(tmp_path), checkpoint=False)
     assert not summary["passed"]
     assert summary["first_divergence"] == "step000.loss"
     assert not summary["keys"]["step000.state.loss_cls.acc_sum"]["passed"]
@@ -145,7 +148,7 @@ def test_backward_diff_finds_a_gradient_only_bug(monkeypatch, tmp_path):
     for path in (pghm.HarmonizedBCE, pghm.FusedHarmonizedBCE):     # stock ops and the CPU kernel alike
         real = path.backward
         monkeypatch.setattr(path, "backward", staticmethod(lambda ctx, g, real=real: real(ctx, g * 1.01)))
-    summary = backward_diff.run("retina_r50_ghm", out=str(tmp_path))
+    summary = run_backward("retina_r50_ghm", out=str(tmp_path))
     keys = summary["keys"]
     assert not summary["passed"]
     assert keys["loss.loss_cls"]["passed"] and keys["loss.loss_bbox"]["passed"]
@@ -153,6 +156,6 @@ def test_backward_diff_finds_a_gradient_only_bug(monkeypatch, tmp_path):
     assert summary["first_divergence"] == "grad.bbox_head.retina_cls.bias"
     assert not keys["grad.bbox_head.retina_cls.weight"]["passed"]
     assert keys["grad.bbox_head.retina_reg.weight"]["passed"]     # the regression path is untouched
-    from torch_ref.models.retinanet import RetinaNet
+    from torch_ref.detectors.retinanet import RetinaNet
     trainable = sum(p.requires_grad for p in RetinaNet(num_classes=3).parameters())   # frozen stem excluded
     assert summary["num_parameters_compared"] == trainable and not any(summary["unmatched"].values())

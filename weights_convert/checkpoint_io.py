@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from align.atomic import atomic_path
+from twin_common.atomic import atomic_path
 
 PADDLE_SUFFIXES = (".pdparams",)
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".tar")

@@ -1,26 +1,23 @@
-"""Convert weights between a torch model and its Paddle twin, strictly and losslessly.
+"""Convert weights between a torch model and its Paddle twin, strictly and losslessly (the library; its
+command line is `python -m align convert`, which knows the models by name):
 
-    python weights_convert/convert.py --model retina_r50 --src model.pth --dst model.pdparams
-    python weights_convert/convert.py --model resnet50 --src torchvision_resnet50.pth --dst r50.pdparams
+    python -m align convert --model retina_r50 --src model.pth --dst model.pdparams
+    python -m align convert --model resnet50 --src torchvision_resnet50.pth --dst r50.pdparams
 
 The direction comes from the file types (.pdparams is Paddle; .pt/.pth/.bin/.ckpt are torch, else a zip
 file is torch). Strict: the source must hold exactly the keys of the model, with the model's shapes; every
 missing, unexpected and mis-shaped key is reported in one error (exit status 2). Values are copied
 bit-exactly (Linear weights transposed), so torch -> Paddle -> torch gives back the same bytes.
 """
-import argparse
-import sys
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from weights_convert.checkpoint_io import CheckpointError, framework_of, load_checkpoint, save_checkpoint
+from weights_convert.rules import linear_weight_keys, torch_key_to_paddle
 
-from weights_convert.checkpoint_io import CheckpointError, load_checkpoint, framework_of, save_checkpoint  # noqa: E402
-from weights_convert.rules import linear_weight_keys, torch_key_to_paddle  # noqa: E402
+KeyRule = Callable[[str], "str | None"]
 
 
 @dataclass(frozen=True)
@@ -30,29 +27,26 @@ class ModelLayout:
     paddle_shapes: dict
     linear_keys: frozenset          # torch keys of Linear weights
     torch_dtypes: dict
+    key_rule: KeyRule = torch_key_to_paddle   # torch key -> Paddle key (None: torch-only buffer)
 
 
-def layout_from_models(torch_model, paddle_model):
+def layout_from_models(torch_model: Any, paddle_model: Any, key_rule: KeyRule | None = None) -> ModelLayout:
+    """Both twins' keys and shapes, checked to mirror each other under key_rule (default: rules.py)."""
+    key_rule = key_rule or torch_key_to_paddle
     torch_state = torch_model.state_dict()
     torch_shapes = {k: tuple(v.shape) for k, v in torch_state.items()}
     paddle_shapes = {k: tuple(v.shape) for k, v in paddle_model.state_dict().items()}
     linear = linear_weight_keys(torch_model)
     expected = {}
     for k, shape in torch_shapes.items():
-        pk = torch_key_to_paddle(k)
+        pk = key_rule(k)
         if pk is not None:
             expected[pk] = shape[::-1] if k in linear else shape
     if expected != paddle_shapes:
         diff = sorted(set(expected.items()) ^ set(paddle_shapes.items()))
         raise RuntimeError(f"the torch and Paddle twins do not mirror each other: {diff[:20]}")
     return ModelLayout(torch_shapes, paddle_shapes, linear,
-                       {k: str(v.dtype).replace("torch.", "") for k, v in torch_state.items()})
-
-
-@lru_cache(maxsize=None)
-def layout_for(model_name):
-    from align.zoo import build_pair
-    return layout_from_models(*build_pair(model_name))
+                       {k: str(v.dtype).replace("torch.", "") for k, v in torch_state.items()}, key_rule)
 
 
 def check_keys(state, expected_shapes, what):
@@ -73,21 +67,21 @@ def check_keys(state, expected_shapes, what):
         raise CheckpointError(f"{what} does not fit the model:\n  " + "\n  ".join(problems))
 
 
-def torch_to_paddle(state, layout, what="torch checkpoint"):
+def torch_to_paddle(state: dict, layout: ModelLayout, what: str = "torch checkpoint") -> dict:
     check_keys(state, layout.torch_shapes, what)
     out = {}
     for k, v in state.items():
-        pk = torch_key_to_paddle(k)
+        pk = layout.key_rule(k)
         if pk is not None:
             out[pk] = np.asarray(v.T if k in layout.linear_keys else v, order="C")
     return out
 
 
-def paddle_to_torch(state, layout, what="Paddle checkpoint"):
+def paddle_to_torch(state: dict, layout: ModelLayout, what: str = "Paddle checkpoint") -> dict:
     check_keys(state, layout.paddle_shapes, what)
     out = {}
     for k in layout.torch_shapes:                   # the torch model's own key order
-        pk = torch_key_to_paddle(k)
+        pk = layout.key_rule(k)
         if pk is None:                              # num_batches_tracked: not stored by Paddle
             out[k] = np.zeros(layout.torch_shapes[k], dtype=np.dtype(layout.torch_dtypes[k]))
         else:
@@ -96,36 +90,16 @@ def paddle_to_torch(state, layout, what="Paddle checkpoint"):
     return out
 
 
-def convert_file(model_name, src, dst):
-    """Convert src to dst (direction from the file types); returns (src framework, dst framework)."""
+def convert_file(layout: ModelLayout, src: str, dst: str) -> tuple[str, str]:
+    """Convert src to dst (direction from the file types) for the model of `layout`; returns (src framework,
+    dst framework)."""
     src_fw, state = load_checkpoint(src)
     dst_fw = framework_of(dst, must_exist=False)
     if src_fw == dst_fw:
         raise CheckpointError(f"{src} and {dst} are both {src_fw} checkpoints: nothing to convert")
-    layout = layout_for(model_name)
     if src_fw == "torch":
         out = torch_to_paddle(state, layout, what=f"{src} (torch)")
     else:
         out = paddle_to_torch(state, layout, what=f"{src} (Paddle)")
     save_checkpoint(out, dst, dst_fw)
     return src_fw, dst_fw
-
-
-def main(argv=None):
-    from align.zoo import MODELS
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, choices=sorted(MODELS))
-    p.add_argument("--src", required=True, help="checkpoint to read (torch or Paddle)")
-    p.add_argument("--dst", required=True, help="checkpoint to write (the other framework)")
-    args = p.parse_args(argv)
-    try:
-        src_fw, dst_fw = convert_file(args.model, args.src, args.dst)
-    except CheckpointError as e:
-        print(f"convert: error: {e}", file=sys.stderr)
-        return 2
-    print(f"convert: {args.src} ({src_fw}) -> {args.dst} ({dst_fw}) for {args.model}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,10 +12,11 @@ def paddle_state_numpy(paddle_model):
     return {k: v.numpy() for k, v in paddle_model.state_dict().items()}
 
 
-def copy_torch_to_paddle(torch_model, paddle_model):
-    """Copy every parameter and buffer of torch_model into its Paddle twin, strictly and bit-exactly."""
+def copy_torch_to_paddle(torch_model, paddle_model, key_rule=None):
+    """Copy every parameter and buffer of torch_model into its Paddle twin, strictly and bit-exactly
+    (key_rule: torch key -> Paddle key, default weights_convert.rules)."""
     import paddle
-    layout = layout_from_models(torch_model, paddle_model)
+    layout = layout_from_models(torch_model, paddle_model, key_rule)
     state = torch_to_paddle(torch_state_numpy(torch_model), layout, what="torch model state")
     current = paddle_model.state_dict()
     paddle_model.set_state_dict({k: paddle.to_tensor(v.astype(current[k].numpy().dtype, copy=False))
@@ -27,9 +28,9 @@ def copy_torch_to_paddle(torch_model, paddle_model):
     return paddle_model
 
 
-def copy_paddle_to_torch(paddle_model, torch_model):
+def copy_paddle_to_torch(paddle_model, torch_model, key_rule=None):
     import torch
-    layout = layout_from_models(torch_model, paddle_model)
+    layout = layout_from_models(torch_model, paddle_model, key_rule)
     state = paddle_to_torch(paddle_state_numpy(paddle_model), layout, what="Paddle model state")
     torch_model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
     return torch_model

@@ -6,25 +6,13 @@ from typing import NamedTuple, Optional
 
 import paddle
 
+from paddle_impl.ops.iou import box_iou
+
 
 class AssignResult(NamedTuple):
     gt_inds: paddle.Tensor           # (A,) int64: 0 negative, -1 ignored, k + 1 matched to gt k
     max_overlaps: paddle.Tensor      # (A,) best IoU of each anchor over the gts (0 without gts)
     labels: Optional[paddle.Tensor]  # (A,) int64 label of the matched gt, -1 where not positive
-
-
-def box_iou(boxes1, boxes2):
-    """(N, 4) x (M, 4) x1y1x2y2 -> (N, M) IoU, torchvision's formula."""
-    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
-    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
-    lt = paddle.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
-    rb = paddle.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])
-    wh = paddle.clip(rb - lt, min=0.0)
-    inter = wh[:, :, 0] * wh[:, :, 1]
-    union = area1[:, None] + area2[None, :] - inter
-    # Paddle's same-shape divide of >= ~1000 elements (MKL VML path) is off by 1 ulp on ~0.1% of
-    # elements; the broadcasting path is correctly rounded and matches torchvision bit for bit.
-    return (inter[None] / union)[0]
 
 
 def _check_boxes(name, boxes):

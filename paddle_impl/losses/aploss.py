@@ -35,7 +35,7 @@ from paddle import nn
 from paddle.autograd import PyLayer
 
 from . import checks
-from .aploss_assign import assign_targets
+from ..assigners.aploss_assign import assign_targets
 
 ELEMENT_CHUNK = 1 << 20
 TABLE_ENTRIES = 1 << 20

@@ -5,18 +5,14 @@ Twin: paddle_impl/assigners/max_iou.py; float64 NumPy reference: align/numpy_ref
 from typing import NamedTuple, Optional
 
 import torch
-import torchvision
+
+from torch_ref.ops.iou import box_iou
 
 
 class AssignResult(NamedTuple):
     gt_inds: torch.Tensor           # (A,) int64: 0 negative, -1 ignored, k + 1 matched to gt k
     max_overlaps: torch.Tensor      # (A,) best IoU of each anchor over the gts (0 without gts)
     labels: Optional[torch.Tensor]  # (A,) int64 label of the matched gt, -1 where not positive
-
-
-def box_iou(boxes1, boxes2):
-    """(N, 4) x (M, 4) x1y1x2y2 -> (N, M) IoU."""
-    return torchvision.ops.box_iou(boxes1, boxes2)
 
 
 def _check_boxes(name, boxes):

@@ -1,11 +1,12 @@
 """COCO-format detection data for torch: the dataset and a seeded loader (Paddle twin: paddle_impl/data/coco.py).
 
-Reading and decoding are shared (align/coco_files.py); tensors are made by torch_ref/data/transforms.py.
+Reading and decoding are shared (twin_common/coco_files.py); tensors are made by torch_ref/data/transforms.py.
 """
 import numpy as np
 import torch
 
-from align.coco_files import CocoRecords
+from twin_common.coco_files import CocoRecords
+from twin_common.sampling import epoch_order
 from torch_ref.data.transforms import Normalize, RandomHorizontalFlip, Resize, ToTensor, collate
 
 
@@ -59,7 +60,7 @@ class DetectionLoader:
 
     def __iter__(self):
         n = len(self.dataset)
-        order = self.rng.permutation(n) if self.shuffle else np.arange(n)
+        order = epoch_order(self.rng, n, self.shuffle)
         flips = self.flip.decide(self.rng, n)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             stop = min(start + self.batch_size, n)

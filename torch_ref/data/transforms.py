@@ -9,7 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from align.coco_files import rescale_size
+from twin_common.coco_files import rescale_size
+from twin_common.sampling import flip_decisions
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)  # RGB, 0-255 units
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -77,7 +78,7 @@ class RandomHorizontalFlip:
 
     def decide(self, rng, n):
         """n flip decisions; always draws n numbers, so the stream does not depend on prob."""
-        return rng.random(n) < self.prob
+        return flip_decisions(rng, n, self.prob)
 
     def __call__(self, sample, flip):
         out = dict(sample)

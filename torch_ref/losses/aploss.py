@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from . import checks
-from .aploss_assign import assign_targets
+from ..assigners.aploss_assign import assign_targets
 
 ELEMENT_CHUNK = 1 << 20
 TABLE_ENTRIES = 1 << 20

@@ -1,4 +1,4 @@
-"""Anchor generator (Paddle twin of torch_ref/models/anchors.py; mmdetection AnchorGenerator semantics).
+"""Anchor generator (Paddle twin of torch_ref/priors/anchors.py; mmdetection AnchorGenerator semantics).
 
 Per level with stride s: base size s, scales octave_base_scale * 2**(i / scales_per_octave), ratios h/w;
 widths s*scale/sqrt(ratio), heights s*scale*sqrt(ratio), ratio-major (ratio outer, scale inner); centred at

@@ -1,4 +1,4 @@
-"""FPN producing P3-P7 for RetinaNet (Paddle twin of torch_ref/models/fpn.py).
+"""FPN producing P3-P7 for RetinaNet (Paddle twin of torch_ref/necks/fpn.py).
 
 Default (GHM paper / mmdetection): P6 from C5 by a stride-2 3x3 conv, P7 from P6 without ReLU.
 `extra_from='p5', relu_before_p7=True` gives torchvision's v1 LastLevelP6P7 instead.

@@ -1,16 +1,16 @@
-"""RetinaNet-R50-FPN (Paddle twin): backbone, neck, bbox_head (mmdetection names), anchors, box coder, inference."""
-import paddle
-from paddle import nn
-from paddle.vision.ops import nms
+"""RetinaNet-R50-FPN: backbone, neck, bbox_head (mmdetection names), anchors, box coder and inference."""
+import torch
+from torch import nn
 
-from paddle_impl.models.anchors import AnchorGenerator
-from paddle_impl.models.box_coder import DeltaXYWHBBoxCoder
-from paddle_impl.models.fpn import FPN
-from paddle_impl.models.resnet import resnet50
-from paddle_impl.models.retina_head import RetinaHead
+from torch_ref.priors.anchors import AnchorGenerator
+from torch_ref.coders.box_coder import DeltaXYWHBBoxCoder
+from torch_ref.necks.fpn import FPN
+from torch_ref.ops.nms import batched_nms
+from torch_ref.backbones.resnet import resnet50
+from torch_ref.heads.retina_head import RetinaHead
 
 
-class RetinaNet(nn.Layer):
+class RetinaNet(nn.Module):
     def __init__(self, num_classes=80, extra_from="c5", relu_before_p7=False, frozen_stages=1, norm_eval=True,
                  anchor_cfg=None, box_coder_cfg=None, score_thresh=0.05, nms_thresh=0.5, topk_candidates=1000,
                  detections_per_img=100):
@@ -34,7 +34,7 @@ class RetinaNet(nn.Layer):
         """Anchors per level for the feature sizes implied by the image size (ceil of H / stride)."""
         h, w = images.shape[-2:]
         sizes = [(-(-h // s), -(-w // s)) for s in self.anchor_generator.strides]
-        anchors = self.anchor_generator(sizes, dtype=images.dtype)
+        anchors = self.anchor_generator(sizes, dtype=images.dtype, device=images.device)
         for a, c in zip(anchors, cls_scores):
             if a.shape[0] != c.shape[1]:
                 raise ValueError(f"anchor count {a.shape[0]} does not match head output {c.shape[1]}")
@@ -51,7 +51,7 @@ class RetinaNet(nn.Layer):
         return {"cls_scores": dict(zip(levels, cls_scores)), "bbox_preds": dict(zip(levels, bbox_preds)),
                 "anchors": dict(zip(levels, anchors)), "detections": detections}
 
-    @paddle.no_grad()
+    @torch.no_grad()
     def predict(self, images, image_sizes=None):
         """Inference: per image a dict of boxes (K, 4) x1y1x2y2, scores (K,), labels (K,) int64."""
         cls_scores, bbox_preds = self(images)
@@ -69,11 +69,11 @@ class RetinaNet(nn.Layer):
         all_boxes, all_scores, all_labels, all_index = [], [], [], []
         offset = 0
         for logits, deltas, level_anchors in zip(cls_scores, bbox_preds, anchors):
-            scores = paddle.nn.functional.sigmoid(logits).flatten()
-            keep = paddle.nonzero(scores > self.score_thresh).squeeze(1)
+            scores = torch.sigmoid(logits).flatten()
+            keep = torch.nonzero(scores > self.score_thresh).squeeze(1)
             scores = scores[keep]
             # stable descending sort: ties keep index order, the same in both frameworks
-            order = paddle.argsort(scores, descending=True, stable=True)[:self.topk_candidates]
+            order = torch.sort(scores, descending=True, stable=True).indices[:self.topk_candidates]
             scores, idx = scores[order], keep[order]
             anchor_idx, labels = idx // num_classes, idx % num_classes
             boxes = self.box_coder.decode(level_anchors[anchor_idx], deltas[anchor_idx], max_shape=image_size)
@@ -82,11 +82,7 @@ class RetinaNet(nn.Layer):
             all_labels.append(labels)
             all_index.append(anchor_idx + offset)
             offset += level_anchors.shape[0]
-        boxes, scores, labels = paddle.concat(all_boxes), paddle.concat(all_scores), paddle.concat(all_labels)
-        index = paddle.concat(all_index)
-        if boxes.shape[0] == 0:
-            keep = paddle.zeros([0], dtype="int64")
-        else:
-            keep = nms(boxes, self.nms_thresh, scores=scores, category_idxs=labels,
-                       categories=list(range(num_classes)))[:self.detections_per_img]
+        boxes, scores, labels = torch.cat(all_boxes), torch.cat(all_scores), torch.cat(all_labels)
+        index = torch.cat(all_index)
+        keep = batched_nms(boxes, scores, labels, self.nms_thresh)[:self.detections_per_img]
         return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep], "anchor_index": index[keep]}

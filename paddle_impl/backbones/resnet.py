@@ -1,4 +1,4 @@
-"""ResNet-50, the Paddle twin of torch_ref/models/resnet.py (same layer and parameter names).
+"""ResNet-50, the Paddle twin of torch_ref/backbones/resnet.py (same layer and parameter names).
 
 RetinaNet trains it with the stem and the first `frozen_stages` stages frozen (stop_gradient) and every
 BatchNorm using its running statistics (`norm_eval`), as mmdetection's retinanet configs do. Paddle's way

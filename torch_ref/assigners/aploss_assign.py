@@ -8,17 +8,9 @@ without GT (all labels -1) is all negatives with no regression target.
 """
 import torch
 
+from torch_ref.ops.iou import legacy_iou
+
 BOX_STDS = (0.1, 0.1, 0.2, 0.2)
-
-
-def legacy_iou(anchors, boxes):
-    """(A, 4) x (M, 4) -> (A, M), widths x2 - x1 + 1 (no clamp of the union, as in the official calc_iou)."""
-    area = (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)
-    iw = torch.minimum(anchors[:, 2:3], boxes[:, 2]) - torch.maximum(anchors[:, 0:1], boxes[:, 0]) + 1
-    ih = torch.minimum(anchors[:, 3:4], boxes[:, 3]) - torch.maximum(anchors[:, 1:2], boxes[:, 1]) + 1
-    inter = iw.clamp(min=0) * ih.clamp(min=0)
-    union = ((anchors[:, 2] - anchors[:, 0] + 1) * (anchors[:, 3] - anchors[:, 1] + 1))[:, None] + area - inter
-    return inter / union
 
 
 def legacy_encode(anchors, boxes):

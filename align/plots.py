@@ -1,0 +1,35 @@
+"""Figures written next to reports (matplotlib, headless, atomic)."""
+import numpy as np
+
+from twin_common.atomic import atomic_path
+
+
+def plot_curves(path, t_log, p_log, steps, title, t64=None, p64=None):
+    """Loss curves of both frameworks, and |torch - paddle| per term on a log scale; given the float64 runs
+    (float32 reports), also each framework's float32 noise on the total loss, the floor it is measured against."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    x = np.arange(1, steps + 1)
+
+    def series(log, k):
+        return np.array([log[f"step{i:03d}.{k}"][0] for i in range(steps)])
+    keys = [k.split(".", 1)[1] for k in t_log if k.startswith("step000.loss")]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for k in keys:
+        axes[0].plot(x, series(t_log, k), "-o", label=f"torch {k}")
+        axes[0].plot(x, series(p_log, k), "--x", label=f"paddle {k}")
+        diff = np.abs(series(t_log, k) - series(p_log, k))
+        axes[1].semilogy(x, np.maximum(diff, 1e-18), "-o", label=k)
+    if t64 is not None:
+        for fw, log, log64 in (("torch", t_log, t64), ("paddle", p_log, p64)):
+            noise = np.abs(series(log, "loss") - series(log64, "loss"))
+            axes[1].semilogy(x, np.maximum(noise, 1e-18), ":", label=f"{fw} float32 noise (loss)")
+    axes[0].set(title=f"{title}: losses", xlabel="step")
+    axes[1].set(title="|torch - paddle| (log scale)", xlabel="step")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp)
+    plt.close(fig)

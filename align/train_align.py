@@ -1,0 +1,118 @@
+"""Train both frameworks side by side on identical batches and compare every step (train_diff's library).
+
+    summary = run_train("retina_r50_ghm", steps=10, dtype="float64", out="reports")
+
+Per step it logs the total loss and each term, the learning rate, the gradient norm and global parameter
+statistics, plus the loss modules' state (GHM acc_sum). Model, loss and recipe: the zoo spec's TrainSpec
+(align/training.py runs it). float64: every logged value within max_rel 1e-8 at every step; float32: the same
+values are also run in float64 on both sides and the report shows, step by step, the cross-framework
+difference next to each framework's float32 noise; the first step (same weights, same batch) passes the
+noise-floor rule and later ones are judged on their float64 twins (align.compare.judge_after_first_step).
+While it runs, checkpoint_<dtype>.pkl holds both sides after the last completed step, so resume=True
+continues an interrupted run; a completed run deletes it unless keep_checkpoint.
+"""
+import pickle
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from align import frameworks
+from align.compare import FP64_TRAIN_MAX_REL, compare_runs, judge_after_first_step, rule_text
+from align.plots import plot_curves
+from align.progress import progress
+from align.report import write_report
+from align.train_data import first_batches
+from align.training import Trainer, build_training_pair, loss_state, param_stats
+from align.zoo import get_spec
+from twin_common.atomic import atomic_path
+
+
+class Side:
+    """One framework's model, loss, trainer and the per-step values it logged."""
+
+    def __init__(self, model, loss, train):
+        self.fw, self.model, self.loss = frameworks.of(model), model, loss
+        self.trainer = Trainer(model, loss, train)
+        self.seconds = 0.0
+
+    def step(self, i, batch):
+        start = time.perf_counter()
+        values = self.trainer.step(i, batch)
+        self.seconds += time.perf_counter() - start
+        # the trainer's parameters (Paddle also lists BatchNorm statistics among its parameters)
+        values.update(param_stats(self.fw.param_arrays(self.trainer.named)))
+        values.update({f"state.{k}": v for k, v in loss_state(self.loss).items()})
+        return values
+
+    def state(self):
+        return {"model": self.fw.state_dict(self.model), "loss": self.fw.state_dict(self.loss),
+                "opt": self.fw.opt_state(self.trainer.opt, self.model), "seconds": self.seconds}
+
+    def load(self, st):
+        self.fw.load_state_dict(self.model, st["model"])
+        self.fw.load_state_dict(self.loss, st["loss"])
+        self.fw.load_opt_state(self.trainer.opt, self.model, st["opt"])
+        self.seconds = st["seconds"]
+
+
+def train(name, steps, dtype, data, seed, ckpt=None, resume=False, show=True):
+    """Run `steps` steps on both sides; returns ({key: array} torch, paddle, seconds per step per side)."""
+    spec = get_spec(name)
+    batches, num_classes = first_batches(data, steps, dtype, seed)
+    t_model, t_loss, p_model, p_loss = build_training_pair(spec, num_classes, seed, dtype)
+    sides = [Side(t_model, t_loss, spec.train), Side(p_model, p_loss, spec.train)]
+    logs = [OrderedDict(), OrderedDict()]
+    start_step = 0
+    if resume and ckpt and Path(ckpt).is_file():
+        with open(ckpt, "rb") as f:
+            saved = pickle.load(f)          # our own file, written below: not untrusted input
+        start_step, logs = saved["step"], saved["logs"]
+        for side, st in zip(sides, saved["sides"]):
+            side.load(st)
+    for i in progress(range(start_step, steps), f"train {name} {dtype}", steps - start_step):
+        for side, log, batch in zip(sides, logs, batches[i]):
+            for k, v in side.step(i, batch).items():
+                log[f"step{i:03d}.{k}"] = np.asarray(v, dtype=np.float64).reshape(-1)
+        if ckpt:
+            with atomic_path(ckpt) as tmp, open(tmp, "wb") as f:
+                pickle.dump({"step": i + 1, "logs": logs, "sides": [s.state() for s in sides]}, f)
+    return logs[0], logs[1], {s.fw.name: s.seconds / max(steps - start_step, 1) for s in sides}
+
+
+def run_train(name, steps=10, dtype="float64", data=None, out="reports", seed=0, resume=False,
+              keep_checkpoint=False, checkpoint=True):
+    """train_diff's check: both dtypes' runs as needed, the verdict, the report and curves.png."""
+    spec = get_spec(name)
+    out_dir = Path(out) / name / "train"
+    ckpts = [out_dir / f"checkpoint_{dtype}.pkl"]
+    t, p, sec = train(name, steps, dtype, data, seed, ckpts[0] if checkpoint else None, resume)
+    t64 = p64 = None
+    if dtype == "float32":
+        ckpts.append(out_dir / "checkpoint_float64.pkl")
+        t64, p64, _ = train(name, steps, "float64", data, seed, ckpts[1] if checkpoint else None, resume)
+    results = compare_runs(dtype, t, p, t64, p64, fp64_max_rel=FP64_TRAIN_MAX_REL)
+    if dtype == "float32":
+        judge_after_first_step(results)
+    if not keep_checkpoint:
+        for ckpt in ckpts:
+            ckpt.unlink(missing_ok=True)
+    plot_curves(out_dir / "curves.png", t, p, steps, f"{name} ({dtype})", t64, p64)
+
+    def per_step(field):
+        return [max(v.get(field, 0.0) for k, v in results.items() if k.startswith(f"step{i:03d}."))
+                for i in range(steps)]
+    growth = {"worst_max_rel_per_step": per_step("max_rel")}
+    if dtype == "float32":
+        growth.update(worst_ratio_to_floor_per_step=per_step("ratio_to_floor"),
+                      worst_float64_max_rel_per_step=per_step("float64_max_rel"),
+                      rule=rule_text(dtype, FP64_TRAIN_MAX_REL) + "; the noise-floor part at step 0 only, later "
+                      "steps pass iff their float64 twins agree (their float32 difference is reported)")
+    return write_report(str(out_dir), f"train:{name}", dtype, {k: t[k] for k in results},
+                        {k: p[k] for k in results}, results, order=list(results),
+                        extra={"model": name, "steps": steps, "seed": seed, "recipe": vars(spec.train.recipe),
+                               **growth,
+                               "seconds_per_step": sec, "paddle_over_torch_time": sec["paddle"] / sec["torch"],
+                               "notes": spec.train.notes, "plot": "curves.png"},
+                        fp64_max_rel=FP64_TRAIN_MAX_REL)
