@@ -38,7 +38,7 @@ def test_resnet50_backward_aligns(dtype, tmp_path):
 
 
 def test_adaptive_avg_pool_in_the_paddle_twin_is_caught_upstream_of_it(tmp_path, monkeypatch):
-    from paddle_impl.models import resnet
+    from paddle_impl.backbones import resnet
     monkeypatch.setattr(resnet.GlobalAvgPool, "forward",
                         lambda self, x: paddle.nn.functional.adaptive_avg_pool2d(x, 1))
     torch_model, paddle_model = build_models(get_spec("resnet50"), None, 0)

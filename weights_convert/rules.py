@@ -32,4 +32,5 @@ def paddle_key_to_torch(key):
 def linear_weight_keys(torch_model):
     """torch keys of Linear weights (those transposed between the frameworks)."""
     from torch import nn
-    return frozenset(f"{name}.weight" for name, m in torch_model.named_modules() if isinstance(m, nn.Linear))
+    return frozenset(f"{name}.weight" if name else "weight" for name, m in torch_model.named_modules()
+                     if isinstance(m, nn.Linear))
