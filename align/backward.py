@@ -15,10 +15,10 @@ from collections import OrderedDict
 
 import numpy as np
 
+from align import frameworks
 from align.compare import compare_runs, reported
 from align.events import decisions_of, float32_verdicts
 from align.forward import _cast_inputs, torch_kernel_variant
-from align import frameworks
 from align.hooks import flatten_outputs
 from align.report import write_report
 

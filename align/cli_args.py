@@ -16,8 +16,9 @@ def add_model(p: argparse.ArgumentParser, level: str, required: bool = True, def
     """--model, its choices the zoo's models that `level`'s tool runs."""
     from align import zoo
     choices = zoo.names(level)
+    suffix = f" (default: {default})" if default else ""
     p.add_argument("--model", required=required and default is None, default=default, choices=choices,
-                   metavar="MODEL", help=f"one of: {', '.join(choices)}" + (f" (default: {default})" if default else ""))
+                   metavar="MODEL", help=f"one of: {', '.join(choices)}{suffix}")
 
 
 def add_dtype(p: argparse.ArgumentParser) -> None:

@@ -22,8 +22,8 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from align.compare import compare_runs  # noqa: E402
 from align import cli_args, frameworks  # noqa: E402
+from align.compare import compare_runs  # noqa: E402
 from align.report import worst_key, write_report  # noqa: E402
 from align.synthetic_coco import ensure_synthetic_coco  # noqa: E402
 
@@ -76,11 +76,12 @@ def run_data_diff(data=None, batches=2, batch_size=2, dtype="float64", seed=0, o
         ensure_synthetic_coco(DEFAULT_DATA)
         data = DEFAULT_DATA
     t_loader, p_loader = _pipelines(data, batch_size, seed, dtype, short_side, max_size)
-    torch_log, paddle_log = collect(t_loader, batches, frameworks.TORCH.to_numpy), collect(p_loader, batches, frameworks.PADDLE.to_numpy)
+    torch_np, paddle_np = frameworks.TORCH.to_numpy, frameworks.PADDLE.to_numpy
+    torch_log, paddle_log = collect(t_loader, batches, torch_np), collect(p_loader, batches, paddle_np)
     torch64 = paddle64 = None
     if dtype == "float32":  # each framework's own float64 pipeline gives its rounding noise
         t64, p64 = _pipelines(data, batch_size, seed, "float64", short_side, max_size)
-        torch64, paddle64 = collect(t64, batches, frameworks.TORCH.to_numpy), collect(p64, batches, frameworks.PADDLE.to_numpy)
+        torch64, paddle64 = collect(t64, batches, torch_np), collect(p64, batches, paddle_np)
     results = compare_runs(dtype, torch_log, paddle_log, torch64, paddle64)
     only = sorted(set(torch_log) ^ set(paddle_log))
     common = [k for k in torch_log if k in paddle_log]

@@ -23,8 +23,8 @@ from collections import OrderedDict
 
 import numpy as np
 
-from align.compare import FP64_MAX_REL, check_float32_events, compare_runs
 from align import frameworks
+from align.compare import FP64_MAX_REL, check_float32_events, compare_runs
 from align.hooks import call_keys
 
 

@@ -14,8 +14,8 @@ from collections import OrderedDict
 
 import numpy as np
 
-from align.compare import compare_runs
 from align import frameworks
+from align.compare import compare_runs
 from align.hooks import flatten_outputs, match_records, record
 from align.report import write_report
 

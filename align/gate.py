@@ -7,8 +7,9 @@ A report passes the gate when its summary says passed AND its numbers satisfy th
 (float64 keys: max_rel; float32 keys: max_abs within the noise multiple of the recorded floor): the gate does
 not take a tool's word for it. The checks and their limits come from align/manifest.py. With --regenerate
 it judges the reports it regenerated: one that is missing or older than this run's start fails; other
-reports under --out (e.g. from forward_diff's default run) are left out. A regenerated check that passed has its tensor logs (torch.npy/paddle.npy, a few hundred MB
-each for the full models) deleted once it is done, unless --keep-tensors: the whole set would take several GB.
+reports under --out (e.g. from forward_diff's default run) are left out. A regenerated check that passed
+has its tensor logs (torch.npy/paddle.npy, a few hundred MB each for the full models) deleted once it is
+done, unless --keep-tensors: the whole set would take several GB.
 summary.json and diff.txt stay; a failed check keeps everything for debugging.
 Exit status 0 iff every report passed.
 """

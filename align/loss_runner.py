@@ -27,8 +27,8 @@ from collections import OrderedDict
 
 import numpy as np
 
-from align.compare import check_exact, check_exact_events, check_float32, check_float32_events, check_float64
 from align import frameworks
+from align.compare import check_exact, check_exact_events, check_float32, check_float32_events, check_float64
 from align.report import save_reprod_log, write_report
 
 LOSS_NAMES = ("focal", "ghmc", "ghmr", "aploss", "smooth_l1", "balanced_l1", "varifocal", "giou", "dfl")
@@ -192,7 +192,8 @@ def run_spec(spec, dtype="float64", out="reports", seed=0):
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     sides = {fw.name: fw for fw in frameworks.pair()}
     cases = spec.make_cases(np.random.default_rng(seed))
-    torch_log, paddle_log, numpy_log, results, case_info = OrderedDict(), OrderedDict(), OrderedDict(), OrderedDict(), {}
+    torch_log, paddle_log, numpy_log, results = OrderedDict(), OrderedDict(), OrderedDict(), OrderedDict()
+    case_info = {}
     timings = {"torch_s": 0.0, "paddle_s": 0.0, "numpy_s": 0.0}
     for case in cases:
         runs = {}

@@ -14,7 +14,8 @@ def tensor_rng(seed, name):
 
 
 def seeded_array(seed, name, shape, kind):
-    """kind: 'weight' (normal, variance 1/fan-in: activations stay O(1) through deep nets), 'bias', 'bn_weight', 'bn_bias', 'running_mean', 'running_var'."""
+    """kind: 'weight' (normal, variance 1/fan-in: activations stay O(1) through deep nets), 'bias',
+    'bn_weight', 'bn_bias', 'running_mean', 'running_var'."""
     rng = tensor_rng(seed, name)
     if kind == "weight":
         fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else int(shape[0])

@@ -154,8 +154,9 @@ class Torch:
 
     def __init__(self):
         import torch
-        from torch_ref.losses.aploss import ap_loss
+
         from torch_ref.losses import ghm_kernel
+        from torch_ref.losses.aploss import ap_loss
         from torch_ref.losses.ghm import GHMC
         self.torch, self.ap_loss, self.ghmc, self.ghm_kernel = torch, ap_loss, GHMC(), ghm_kernel
 
@@ -176,8 +177,9 @@ class Paddle:
 
     def __init__(self):
         import paddle
-        from paddle_impl.losses.aploss import ap_loss
+
         from paddle_impl.losses import ghm_kernel
+        from paddle_impl.losses.aploss import ap_loss
         from paddle_impl.losses.ghm import GHMC
         paddle.set_device("cpu")
         self.paddle, self.ap_loss, self.ghmc, self.ghm_kernel = paddle, ap_loss, GHMC(), ghm_kernel

@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import paddle_impl.losses.aploss as P
 import paddle_impl.assigners.aploss_assign as PA
-import torch_ref.losses.aploss as T
+import paddle_impl.losses.aploss as P
 import torch_ref.assigners.aploss_assign as TA
+import torch_ref.losses.aploss as T
 from align.compare import check_float32, check_float64, diff_stats
 from align.loss_specs.aploss import SPEC, _anchors
 from align.numpy_ref import aploss as ref

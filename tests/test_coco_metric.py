@@ -10,7 +10,6 @@ from align.coco_metric import coco_eval, detections_to_coco, prediction_diff
 from align.synthetic_coco import ensure_synthetic_coco
 
 
-
 @pytest.fixture(scope="module")
 def coco_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic_coco")

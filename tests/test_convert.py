@@ -7,12 +7,11 @@ import pytest
 import torch
 import torchvision
 
-from align.zoo import build_twins, get_spec
-from weights_convert.checkpoint_io import CheckpointError, load_paddle, load_torch
 from align.convert import layout_for
-from weights_convert.convert import convert_file
-
+from align.zoo import build_twins, get_spec
 from tests.conftest import ROOT
+from weights_convert.checkpoint_io import CheckpointError, load_paddle, load_torch
+from weights_convert.convert import convert_file
 
 CLI = [sys.executable, "-m", "align", "convert"]
 

@@ -13,10 +13,10 @@ import paddle_impl.data as pd
 import paddle_impl.data.transforms as pt
 import torch_ref.data as td
 import torch_ref.data.transforms as tt
-from twin_common.coco_files import rescale_size, resolve_layout
 from align.data_diff import main as data_diff_main
 from align.data_diff import run_data_diff
 from align.synthetic_coco import ensure_synthetic_coco, generate_synthetic_coco
+from twin_common.coco_files import rescale_size, resolve_layout
 
 paddle.set_device("cpu")
 SMALL = dict(short_side=96, max_size=160)  # keeps every pipeline test fast

@@ -97,6 +97,7 @@ def test_paddle_float32_sum_defect_is_still_there():
     is why the Paddle twin sums losses with a float64 accumulator (paddle_impl/losses/reduction.py)."""
     import paddle
     import torch
+
     from paddle_impl.losses.reduction import accurate_sum
     rng = np.random.default_rng(0)
     x = rng.normal(-4.6, 1.0, size=(7704, 20))

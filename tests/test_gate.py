@@ -32,6 +32,7 @@ def test_regenerating_run_ignores_other_reports_but_fails_stale_or_missing(tmp_p
 
 def test_pruning_tensor_logs_keeps_what_the_gate_reads(tmp_path):
     import numpy as np
+
     from align.gate import prune_tensor_logs
     report = tmp_path / "float64" / "losses" / "focal"
     _summary(report)

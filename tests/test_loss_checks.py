@@ -21,7 +21,8 @@ def _valid(rng):
         "ghmc": (lambda lib, **k: lib.GHMC()(**k),
                  {"pred": rng.normal(size=(4, 3)), "target": np.eye(4, 3), "label_weight": np.ones((4, 3))}),
         "ghmc_labels": (lambda lib, **k: lib.GHMC()(**k),
-                        {"pred": rng.normal(size=(4, 3)), "target": np.array([0, 1, 3, 2]), "label_weight": np.ones(4)}),
+                        {"pred": rng.normal(size=(4, 3)), "target": np.array([0, 1, 3, 2]),
+                         "label_weight": np.ones(4)}),
         "ghmr": (lambda lib, **k: lib.GHMR()(**k),
                  {"pred": rng.normal(size=(4, 4)), "target": rng.normal(size=(4, 4)), "label_weight": np.ones((4, 4))}),
         "smooth_l1": (lambda lib, **k: lib.smooth_l1_loss(**k),
@@ -29,13 +30,15 @@ def _valid(rng):
         "l1": (lambda lib, **k: lib.l1_loss(**k),
                {"pred": rng.normal(size=(4, 4)), "target": rng.normal(size=(4, 4)), "weight": np.ones((4, 4))}),
         "balanced_l1": (lambda lib, **k: lib.balanced_l1_loss(**k),
-                        {"pred": rng.normal(size=(4, 4)), "target": rng.normal(size=(4, 4)), "weight": np.ones((4, 4))}),
+                        {"pred": rng.normal(size=(4, 4)), "target": rng.normal(size=(4, 4)),
+                         "weight": np.ones((4, 4))}),
         "varifocal": (lambda lib, **k: lib.varifocal_loss(**k),
                       {"pred_score": rng.random((4, 3)), "gt_score": np.eye(4, 3) * 0.5, "label": np.eye(4, 3)}),
         "giou": (lambda lib, **k: lib.giou_loss(**k),
                  {"pred": boxes, "target": boxes + 0.1, "weight": np.ones(4)}),
         "dfl": (lambda lib, **k: lib.distribution_focal_loss(**k),
-                {"pred_dist": rng.normal(size=(4, 4, 17)), "target": rng.random((4, 4)) * 15, "weight": np.ones((4, 1))}),
+                {"pred_dist": rng.normal(size=(4, 4, 17)), "target": rng.random((4, 4)) * 15,
+                 "weight": np.ones((4, 1))}),
     }
 
 

@@ -99,7 +99,8 @@ def test_broken_ghmc_edge_fails(monkeypatch, tmp_path):
 def test_paddle_bce_kernel_would_fail(monkeypatch, tmp_path):
     """Paddle's own binary_cross_entropy_with_logits has the wrong gradient at logit 0: the runner sees it."""
     import paddle_impl.losses.focal as pfocal
-    monkeypatch.setattr(pfocal, "bce_with_logits", lambda x, t: PF.binary_cross_entropy_with_logits(x, t, reduction="none"))
+    monkeypatch.setattr(pfocal, "bce_with_logits",
+                        lambda x, t: PF.binary_cross_entropy_with_logits(x, t, reduction="none"))
     summary = run_spec(_only(load_spec("focal"), ("bin_edges",)), "float64", str(tmp_path))
     assert not summary["passed"] and summary["first_divergence"] == "bin_edges/grad/pred"
 

@@ -7,7 +7,6 @@ import numpy as np
 import paddle
 import pytest
 import torch
-import torch.nn.functional as F
 import torchvision.ops
 
 import paddle_impl.losses as P
@@ -111,7 +110,8 @@ def test_closed_forms():
     np.testing.assert_allclose(out, np.full((3, 1), math.log(17.0)), rtol=1e-14)
     # varifocal: floored logs give 100 per wrong saturated element
     p, q, lab = [[1.0, 0.0]], [[0.0, 1.0]], [[0.0, 1.0]]
-    assert float(P.varifocal_loss(pt(p), pt(q, grad=False), pt(lab, grad=False))) == pytest.approx(0.75 * 100 + 100, rel=1e-12)
+    assert (float(P.varifocal_loss(pt(p), pt(q, grad=False), pt(lab, grad=False)))
+            == pytest.approx(0.75 * 100 + 100, rel=1e-12))
 
 
 def test_balanced_l1_is_continuous_and_smooth_at_beta():
@@ -206,8 +206,10 @@ def test_ghm_state_dict_and_first_call_inflation():
     t = np.array([[0.0], [1.0]] * 4)
     ce = math.log(2.0)
     mt, mp = T.GHMC(bins=10, momentum=0.75), P.GHMC(bins=10, momentum=0.75)
-    assert mt(tt(x), tt(t, grad=False), tt(np.ones((8, 1)), grad=False)).item() == pytest.approx(8 * ce / 8 / 0.25, rel=1e-12)
-    assert float(mp(pt(x), pt(t, grad=False), pt(np.ones((8, 1)), grad=False))) == pytest.approx(8 * ce / 8 / 0.25, rel=1e-12)
+    assert (mt(tt(x), tt(t, grad=False), tt(np.ones((8, 1)), grad=False)).item()
+            == pytest.approx(8 * ce / 8 / 0.25, rel=1e-12))
+    assert (float(mp(pt(x), pt(t, grad=False), pt(np.ones((8, 1)), grad=False)))
+            == pytest.approx(8 * ce / 8 / 0.25, rel=1e-12))
     assert mt.acc_sum[5].item() == 2.0 and float(mp.acc_sum[5]) == 2.0
     # everything ignored: loss 0, the state keeps its values
     assert mt(tt(x), tt(t, grad=False), tt(np.zeros((8, 1)), grad=False)).item() == 0.0
@@ -240,8 +242,10 @@ def test_ghmr_matches_mmdetection_closed_form():
     d = np.array([[0.0, 0.5]])
     asl1 = np.sqrt(d ** 2 + mu ** 2) - mu
     expected = float((asl1 * (2.0 / 1 / 2)).sum() / 2.0)
-    assert T.GHMR()(tt(d), tt(np.zeros((1, 2))), tt(np.ones((1, 2)), grad=False)).item() == pytest.approx(expected, rel=1e-12)
-    assert float(P.GHMR()(pt(d), pt(np.zeros((1, 2))), pt(np.ones((1, 2)), grad=False))) == pytest.approx(expected, rel=1e-12)
+    assert (T.GHMR()(tt(d), tt(np.zeros((1, 2))), tt(np.ones((1, 2)), grad=False)).item()
+            == pytest.approx(expected, rel=1e-12))
+    assert (float(P.GHMR()(pt(d), pt(np.zeros((1, 2))), pt(np.ones((1, 2)), grad=False)))
+            == pytest.approx(expected, rel=1e-12))
 
 
 # ---------------------------------------------------------------- NumPy analytic gradients

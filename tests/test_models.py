@@ -10,14 +10,13 @@ import torchvision
 from align.numpy_ref.box_coder import delta_decode, delta_encode
 from align.seeded_init import seeded_init_torch
 from align.zoo import MODELS, build_twins, get_spec
-from paddle_impl.priors.anchors import AnchorGenerator as PAnchors
 from paddle_impl.coders.box_coder import DeltaXYWHBBoxCoder as PCoder
-from paddle_impl.necks.fpn import FPN as PFPN
-from torch_ref.priors.anchors import AnchorGenerator as TAnchors
-from torch_ref.coders.box_coder import DeltaXYWHBBoxCoder as TCoder
-from torch_ref.necks.fpn import FPN as TFPN
+from paddle_impl.priors.anchors import AnchorGenerator as PAnchors
 from torch_ref.backbones.resnet import resnet50
+from torch_ref.coders.box_coder import DeltaXYWHBBoxCoder as TCoder
 from torch_ref.detectors.retinanet import RetinaNet as TRetina
+from torch_ref.necks.fpn import FPN as TFPN
+from torch_ref.priors.anchors import AnchorGenerator as TAnchors
 from weights_convert.convert import layout_from_models
 from weights_convert.transfer import copy_torch_to_paddle
 

@@ -89,7 +89,8 @@ def _float32_key(ratio, f64, step="step003"):
 
 
 def test_float32_training_judges_later_steps_on_the_float64_twins():
-    results = {**_float32_key(50.0, 1e-12, "step000"), **_float32_key(50.0, 1e-12), **_float32_key(0.1, 1e-6, "step004")}
+    results = {**_float32_key(50.0, 1e-12, "step000"), **_float32_key(50.0, 1e-12),
+               **_float32_key(0.1, 1e-6, "step004")}
     judge_after_first_step(results)
     assert [results[k]["passed"] for k in ("step000.loss", "step003.loss", "step004.loss")] == [False, True, False]
     summary = {"check": "train:m", "dtype": "float32", "keys": results}

@@ -75,7 +75,8 @@ class GHMCRef:
         tot = max(float(valid.sum()), 1.0)
         w, self.acc_sum = harmonizing_weights(bin_of, tot, self.acc_sum, self.momentum, self.num_bins)
         loss = (bce_with_logits(x, t) * w).sum() / tot * self.loss_weight
-        grads = {"pred": (sigmoid(x) - t) * w / tot * self.loss_weight, "label_weight": np.zeros(np.shape(label_weight))}
+        grads = {"pred": (sigmoid(x) - t) * w / tot * self.loss_weight,
+                 "label_weight": np.zeros(np.shape(label_weight))}
         if np.issubdtype(np.asarray(target).dtype, np.floating):
             grads["target"] = np.zeros_like(t)
         return loss, grads, {"acc_sum": self.acc_sum.copy()}, bin_of

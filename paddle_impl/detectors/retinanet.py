@@ -2,12 +2,12 @@
 import paddle
 from paddle import nn
 
-from paddle_impl.priors.anchors import AnchorGenerator
+from paddle_impl.backbones.resnet import resnet50
 from paddle_impl.coders.box_coder import DeltaXYWHBBoxCoder
+from paddle_impl.heads.retina_head import RetinaHead
 from paddle_impl.necks.fpn import FPN
 from paddle_impl.ops.nms import batched_nms
-from paddle_impl.backbones.resnet import resnet50
-from paddle_impl.heads.retina_head import RetinaHead
+from paddle_impl.priors.anchors import AnchorGenerator
 
 
 class RetinaNet(nn.Layer):

@@ -34,8 +34,8 @@ import paddle
 from paddle import nn
 from paddle.autograd import PyLayer
 
-from . import checks
 from ..assigners.aploss_assign import assign_targets
+from . import checks
 
 ELEMENT_CHUNK = 1 << 20
 TABLE_ENTRIES = 1 << 20

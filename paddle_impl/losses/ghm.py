@@ -153,7 +153,8 @@ class GHMC(_GHMBase):
 
     forward(pred (N, C) logits, target, label_weight): target is float (N, C) in [0, 1] or integer labels
     (N,) (labels in [0, C) are classes, anything else background -> all-zero row); label_weight is (N, C)
-    or (N,) (broadcast over classes). tot = number of elements with label_weight > 0 (at least 1); it cancels (see bin_weights).
+    or (N,) (broadcast over classes). tot = number of elements with label_weight > 0 (at least 1); it
+    cancels (see bin_weights).
     """
 
     def __init__(self, bins=10, momentum=0.0, use_sigmoid=True, loss_weight=1.0):
@@ -211,7 +212,8 @@ class GHMR(_GHMBase):
     """GHM-R(mu=0.02, bins=10, momentum=0, loss_weight=1.0) on ASL1 = sqrt(d^2 + mu^2) - mu.
 
     forward(pred, target, label_weight), all of one shape (N, 4); g = |d| / sqrt(d^2 + mu^2) (detached);
-    tot = sum of label_weight (at least 1; it cancels, see bin_weights). label_weight only selects elements (> 0); it gets no gradient.
+    tot = sum of label_weight (at least 1; it cancels, see bin_weights). label_weight only selects elements
+    (> 0); it gets no gradient.
     """
 
     def __init__(self, mu=0.02, bins=10, momentum=0.0, loss_weight=1.0):

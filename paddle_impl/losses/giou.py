@@ -29,7 +29,8 @@ def giou_loss(pred, target, eps=1e-10, reduction="none", weight=None):
     overlap = w_inter * h_inter
     union = (x2 - x1) * (y2 - y1) + (x2g - x1g) * (y2g - y1g) - overlap + eps
     iou = overlap / union
-    area_c = (paddle.maximum(x2, x2g) - paddle.minimum(x1, x1g)) * (paddle.maximum(y2, y2g) - paddle.minimum(y1, y1g)) + eps
+    area_c = ((paddle.maximum(x2, x2g) - paddle.minimum(x1, x1g))
+              * (paddle.maximum(y2, y2g) - paddle.minimum(y1, y1g)) + eps)
     loss = 1 - (iou - (area_c - union) / area_c)
     return weighted_reduce(loss, weight, reduction)
 

@@ -2,12 +2,12 @@
 import torch
 from torch import nn
 
-from torch_ref.priors.anchors import AnchorGenerator
+from torch_ref.backbones.resnet import resnet50
 from torch_ref.coders.box_coder import DeltaXYWHBBoxCoder
+from torch_ref.heads.retina_head import RetinaHead
 from torch_ref.necks.fpn import FPN
 from torch_ref.ops.nms import batched_nms
-from torch_ref.backbones.resnet import resnet50
-from torch_ref.heads.retina_head import RetinaHead
+from torch_ref.priors.anchors import AnchorGenerator
 
 
 class RetinaNet(nn.Module):

@@ -33,8 +33,8 @@ import math
 import torch
 from torch import nn
 
-from . import checks
 from ..assigners.aploss_assign import assign_targets
+from . import checks
 
 ELEMENT_CHUNK = 1 << 20
 TABLE_ENTRIES = 1 << 20
