@@ -15,14 +15,15 @@ The build is compiled for this CPU (-march=native) into Paddle's extension direc
 default ~/.cache/paddle_extensions) under a name that hashes the source (its text and its path), the flags,
 Paddle's version and the CPU's feature flags: a changed source or another machine sharing the directory never
 loads a stale build, and two checkouts never rebuild a library the other has loaded.
-The first build takes ~15 s; later processes spend ~2 s in Paddle's up-to-date check.
+The first build takes ~15 s; later processes spend ~2 s in Paddle's up-to-date check. What the build prints
+goes to <name>.build.log in that directory; the warning of a failed build ends with the log's last lines.
 """
 import contextlib
 import functools
 import hashlib
-import io
 import os
 import platform
+import sys
 import warnings
 
 import paddle
@@ -66,26 +67,61 @@ def load():
     return _loaded["module"]
 
 
+@contextlib.contextmanager
+def _output_to(path):
+    """Inside the block, send what is written to stdout and stderr to the file at `path` (truncated): Python's
+    writes (Paddle's logging handlers hold sys.stderr, whose writes reach descriptor 2), C code's and the
+    setup.py subprocess's (it inherits file descriptors 1 and 2)."""
+    # Why: Paddle's load prints chatter in every process that loads the kernel, even an up-to-date build
+    # ("Compiling user custom op", setuptools' "running build", compiler command lines, "No ccache found", ...);
+    # a normal run should not show it. It goes to a log instead, and the warning of a failed build quotes its end.
+    with open(path, "w", buffering=1) as log:             # line-buffered: its lines stay in order
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+        saved = (os.dup(1), os.dup(2))
+        try:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                yield
+        finally:
+            for stream in (sys.stdout, sys.stderr):       # what logging handlers bound to them hold back
+                if stream is not None:
+                    stream.flush()
+            for fd, copy in zip((1, 2), saved):
+                os.dup2(copy, fd)
+                os.close(copy)
+
+
 def build():
     """Compile the kernel (or find it up to date) and import it; None, with a warning, where that fails.
     Call it once per process (load does): Paddle imports already registered ops as an empty module."""
-    import fcntl                                          # Linux only, as is the kernel (see enabled)
+    import fcntl  # Linux only, as is the kernel (see enabled)
+
     from paddle.utils import cpp_extension
+    log_path = None
     try:
         name = build_name()
         lock_path = os.path.join(cpp_extension.get_build_directory(), name + ".lock")
-        # Paddle prints "Compiling user custom op" at every load, even of an up-to-date build
-        with open(lock_path, "w") as lock, contextlib.redirect_stdout(io.StringIO()):
+        with open(lock_path, "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)               # one build at a time when processes start together
-            module = cpp_extension.load(name=name, sources=[SOURCE], extra_cxx_cflags=CXX_FLAGS,
-                                        extra_ldflags=LD_FLAGS)
+            log_path = os.path.join(cpp_extension.get_build_directory(), name + ".build.log")
+            with _output_to(log_path):
+                module = cpp_extension.load(name=name, sources=[SOURCE], extra_cxx_cflags=CXX_FLAGS,
+                                            extra_ldflags=LD_FLAGS)
         missing = [op for op in OPS if not hasattr(module, op)]
         if missing:
             raise RuntimeError(f"the built module lacks {missing}")
         return module
     except Exception as exc:                               # any build failure: fall back, never fail the loss
+        tail = ""
+        if log_path and os.path.exists(log_path):
+            with open(log_path, errors="replace") as f:
+                tail = "".join(f.readlines()[-20:]).rstrip()
         warnings.warn(f"GHM-C CPU kernel could not be built ({type(exc).__name__}: {exc}); "
-                      f"using Paddle's stock ops (same results, slower). Set {SWITCH}=0 to skip the attempt.")
+                      f"using Paddle's stock ops (same results, slower). Set {SWITCH}=0 to skip the attempt."
+                      + (f"\nThe end of the build's output ({log_path}):\n{tail}" if tail else ""))
         return None
 
 

@@ -19,6 +19,8 @@ under a name that hashes the source (its text and its path), the flags, torch's 
 feature flags: a changed source or another machine sharing the directory never loads a stale build. torch
 locks the build directory itself while it builds. The first build takes ~20 s; later processes load it in
 well under a second. The ops register as torch.ops.torch_ref_ghm.{ghm_slots, ghm_counts, ghm_harmonized_bce}.
+What the build prints goes to <name>.build.log in that directory (its root, beside py311_cu*/ when the variable
+is unset); the warning of a failed build ends with the log's last lines.
 """
 import contextlib
 import functools
@@ -26,6 +28,7 @@ import hashlib
 import logging
 import os
 import platform
+import sys
 import warnings
 
 import torch
@@ -108,13 +111,43 @@ def _ninja_on_path():
         os.environ["PATH"] = saved
 
 
+@contextlib.contextmanager
+def _output_to(path):
+    """Inside the block, send what is written to stdout and stderr to the file at `path` (truncated): Python's
+    writes, C code's and the compiler subprocesses' (they inherit file descriptors 1 and 2)."""
+    # Why: a build prints chatter (compiler notes, ABI or ninja messages) in the process that loads it, which a
+    # normal run should not show; it goes to a log instead, and the warning of a failed build quotes its end.
+    with open(path, "w", buffering=1) as log:             # line-buffered: its lines stay in order
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+        saved = (os.dup(1), os.dup(2))
+        try:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                yield
+        finally:
+            for stream in (sys.stdout, sys.stderr):       # what logging handlers bound to them hold back
+                if stream is not None:
+                    stream.flush()
+            for fd, copy in zip((1, 2), saved):
+                os.dup2(copy, fd)
+                os.close(copy)
+
+
 def build():
     """Compile the kernel (or find it up to date) and load it; None, with a warning, where that fails.
     Call it once per process (load does): a second library registering the namespace is an error."""
+    log_path = None
     try:
         cpp_extension = _import_cpp_extension()
-        with _ninja_on_path():
-            cpp_extension.load(name=build_name(), sources=[SOURCE], extra_cflags=cxx_flags(),
+        name = build_name()
+        root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
+        os.makedirs(root, exist_ok=True)
+        log_path = os.path.join(root, name + ".build.log")
+        with _ninja_on_path(), _output_to(log_path):
+            cpp_extension.load(name=name, sources=[SOURCE], extra_cflags=cxx_flags(),
                                extra_ldflags=LD_FLAGS, is_python_module=False, with_cuda=False, verbose=False)
         ops = getattr(torch.ops, NAMESPACE)
         missing = [op for op in OPS if not hasattr(ops, op)]
@@ -122,8 +155,13 @@ def build():
             raise RuntimeError(f"the built library lacks {missing}")
         return ops
     except Exception as exc:                               # any build failure: fall back, never fail the loss
+        tail = ""
+        if log_path and os.path.exists(log_path):
+            with open(log_path, errors="replace") as f:
+                tail = "".join(f.readlines()[-20:]).rstrip()
         warnings.warn(f"GHM-C CPU kernel could not be built ({type(exc).__name__}: {exc}); "
-                      f"using torch's stock ops (same results, slower). Set {SWITCH}=0 to skip the attempt.")
+                      f"using torch's stock ops (same results, slower). Set {SWITCH}=0 to skip the attempt."
+                      + (f"\nThe end of the build's output ({log_path}):\n{tail}" if tail else ""))
         return None
 
 
