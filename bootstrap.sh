@@ -14,6 +14,7 @@ if [ ! -f "$stamp" ]; then
     # --no-cache-dir: a cached copy of the CUDA wheels would double the few GB they take on disk
     "$venv/bin/python" -m pip install --quiet --no-cache-dir "torch===2.13.0" -e ".[test]"
     "$venv/bin/python" - <<'PY'
+import warnings; warnings.filterwarnings("ignore", "No ccache found")
 import torch, torchvision, paddle
 boxes = torch.tensor([[0., 0., 10., 10.], [1., 1., 10., 10.], [20., 20., 30., 30.]])
 keep = torchvision.ops.nms(boxes, torch.tensor([0.9, 0.8, 0.7]), 0.5)
