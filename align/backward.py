@@ -10,8 +10,12 @@ envelope over its two convolution backends, and where float32 flipped a ReLU dec
 float64 replay of each run's masks (align/events.py, rule float32-events in align/compare.py).
 The models are left in float32 afterwards if they came in float32.
 """
+from __future__ import annotations
+
 import contextlib
+import os
 from collections import OrderedDict
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +55,9 @@ def _pass(model, inputs, dtype, seed, replay, variant=False):
     return log, recorded
 
 
-def align_backward(torch_model, paddle_model, inputs, dtype, out_dir, seed=0, check="backward", extra=None):
+def align_backward(torch_model: Any, paddle_model: Any, inputs: dict[str, np.ndarray], dtype: str,
+                   out_dir: str | os.PathLike, seed: int = 0, check: str = "backward",
+                   extra: dict | None = None) -> dict:
     """Run the objective's backward on both models, compare every parameter gradient, write the report."""
     if dtype not in ("float32", "float64"):
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")

@@ -4,8 +4,11 @@ coco_eval           AP / AR summary of one detection list
 detections_to_coco  per-image boxes in the network's input frame -> COCO detections in the original frame
 prediction_diff     per-image comparison of two detection lists (torch vs Paddle)
 """
+from __future__ import annotations
+
 import contextlib
 import io
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -16,7 +19,8 @@ def _quiet(verbose):
     return contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
 
 
-def coco_eval(coco_gt, detections, img_ids=None, verbose=False):
+def coco_eval(coco_gt: Any, detections: list[dict], img_ids: Iterable[int] | None = None,
+              verbose: bool = False) -> dict[str, float]:
     """COCOeval(bbox) summary {'AP', 'AP50', ..., 'ARl'} as floats (-1 where COCOeval has no data).
 
     coco_gt: a pycocotools COCO or an annotation file path; detections: [{'image_id', 'category_id',
@@ -48,7 +52,8 @@ def coco_eval(coco_gt, detections, img_ids=None, verbose=False):
     return {name: float(v) for name, v in zip(STAT_NAMES, evaluator.stats)}
 
 
-def detections_to_coco(boxes, scores, labels, metas, label_to_cat_id):
+def detections_to_coco(boxes: Sequence[Any], scores: Sequence[Any], labels: Sequence[Any], metas: Sequence[dict],
+                       label_to_cat_id: Sequence[int]) -> list[dict]:
     """COCO detection dicts from per-image predictions of a batch.
 
     boxes[i] (N_i, 4) x1y1x2y2 in image i's network input frame (resized, maybe flipped), scores[i] (N_i,),
@@ -127,7 +132,7 @@ def _match(t, p, iou_thr, max_dist=1.0):
     return pairs
 
 
-def prediction_diff(torch_dets, paddle_dets, iou_thr=0.5):
+def prediction_diff(torch_dets: list[dict], paddle_dets: list[dict], iou_thr: float = 0.5) -> dict:
     """Per-image comparison of two COCO detection lists, for the metric report.
 
     Detections are paired per image (see _match: same category and nearest box first, within 1 pixel or

@@ -58,8 +58,11 @@ predictions may flip at a score or IoU threshold and move AP by a detection: |di
 float64 twins ("float64-twins"): float32 training steps after the first are judged on their float64 twins
 (align/train_diff.py says why).
 """
+from __future__ import annotations
+
 import json
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -81,7 +84,7 @@ def _ratio(value, limit):
     return 0.0 if value == 0 else float("inf")
 
 
-def diff_stats(reference, other):
+def diff_stats(reference: np.ndarray, other: np.ndarray) -> dict:
     """max_abs, mean_abs and max_rel of `other` against `reference`, computed in float64.
 
     Non-finite values agree only where both sides have the same one at the same element; those elements
@@ -108,7 +111,7 @@ def diff_stats(reference, other):
     return stats
 
 
-def check_float64(reference, other, max_rel=FP64_MAX_REL):
+def check_float64(reference: np.ndarray, other: np.ndarray, max_rel: float = FP64_MAX_REL) -> dict:
     stats = diff_stats(reference, other)
     stats.update(rule="float64", tolerance_rel=max_rel, ratio=_ratio(stats["max_rel"], max_rel))
     stats["passed"] = bool(stats["max_rel"] <= max_rel)
@@ -142,8 +145,9 @@ def _floor_fields(noise_torch, noise_alt, noise_paddle, scale, multiple):
     return fields
 
 
-def check_float32(torch32, paddle32, torch64, paddle64, multiple=NOISE_MULTIPLE, fp64_max_rel=FP64_MAX_REL,
-                  torch_variants=()):
+def check_float32(torch32: np.ndarray, paddle32: np.ndarray, torch64: np.ndarray, paddle64: np.ndarray,
+                  multiple: float = NOISE_MULTIPLE, fp64_max_rel: float = FP64_MAX_REL,
+                  torch_variants: Sequence[tuple[np.ndarray, np.ndarray]] = ()) -> dict:
     """The float32 rule (module docstring). torch_variants: (float32 value, its float64 counterpart) pairs
     of torch's runs with its other legitimate kernels, same weights and inputs; they widen torch's side of
     the floor to its envelope."""
@@ -158,8 +162,10 @@ def check_float32(torch32, paddle32, torch64, paddle64, multiple=NOISE_MULTIPLE,
     return _judge_float32(stats, "float32", stats["max_abs"], multiple, fp64_max_rel)
 
 
-def check_float32_events(torch32, paddle32, ref_torch, ref_paddle, torch64, paddle64, events,
-                         multiple=NOISE_MULTIPLE, fp64_max_rel=FP64_MAX_REL, torch_variants=()):
+def check_float32_events(torch32: np.ndarray, paddle32: np.ndarray, ref_torch: np.ndarray, ref_paddle: np.ndarray,
+                         torch64: np.ndarray, paddle64: np.ndarray, events: dict[str, int],
+                         multiple: float = NOISE_MULTIPLE, fp64_max_rel: float = FP64_MAX_REL,
+                         torch_variants: Sequence[tuple[np.ndarray, np.ndarray]] = ()) -> dict:
     """The float32 rule where discrete decisions flipped (module docstring). ref_torch / ref_paddle: the
     float64 pass replayed on each float32 run's decisions; events: {site: count} of flipped decisions,
     recorded in the stats; torch_variants: (float32 value, its own replay) pairs of torch's other kernels."""
@@ -188,7 +194,7 @@ def _judge_float32(stats, rule, judged_abs, multiple, fp64_max_rel):
     return stats
 
 
-def check_exact(reference, other):
+def check_exact(reference: np.ndarray, other: np.ndarray) -> dict:
     """For integer outputs (labels, counts, bin indices): equality, reported with the same fields."""
     stats = diff_stats(reference, other)
     stats.update(rule="exact", ratio=0.0 if stats["max_abs"] == 0 else float("inf"))
@@ -196,7 +202,7 @@ def check_exact(reference, other):
     return stats
 
 
-def check_exact_events(reference, other, moved, unexplained):
+def check_exact_events(reference: np.ndarray, other: np.ndarray, moved: int, unexplained: int) -> dict:
     """Integer decisions that float32 rounding may flip (GHM bins): every differing element must be
     explained as an event (e.g. a value within a few ulps of a bin edge)."""
     stats = check_exact(reference, other)
@@ -205,7 +211,7 @@ def check_exact_events(reference, other, moved, unexplained):
     return stats
 
 
-def check_metric(reference, other, dtype):
+def check_metric(reference: np.ndarray, other: np.ndarray, dtype: str) -> dict:
     stats = diff_stats(reference, other)
     limit = METRIC_MAX_ABS[dtype]
     stats.update(rule="metric", tolerance_abs=limit, ratio=_ratio(stats["max_abs"], limit),
@@ -213,14 +219,14 @@ def check_metric(reference, other, dtype):
     return stats
 
 
-def reported(reference, other):
+def reported(reference: np.ndarray, other: np.ndarray) -> dict:
     """A key shown for information, not judged."""
     stats = diff_stats(reference, other)
     stats.update(rule="reported", ratio=0.0, passed=True)
     return stats
 
 
-def judge_on_float64_twins(stats, fp64_max_rel=FP64_TRAIN_MAX_REL):
+def judge_on_float64_twins(stats: dict, fp64_max_rel: float = FP64_TRAIN_MAX_REL) -> dict:
     """A float32 key judged on its float64 twins' agreement alone (train_diff's later steps)."""
     stats.update(rule="float64-twins", judged_on="float64 twins (float32 difference reported)",
                  ratio=_ratio(stats["float64_max_rel"], fp64_max_rel),
@@ -228,7 +234,7 @@ def judge_on_float64_twins(stats, fp64_max_rel=FP64_TRAIN_MAX_REL):
     return stats
 
 
-def rule_text(dtype, fp64_max_rel=None):
+def rule_text(dtype: str, fp64_max_rel: float | None = None) -> str:
     """The verdict rule in words; fp64_max_rel: the float64 limit the check applied (default FP64_MAX_REL)."""
     fp64 = FP64_MAX_REL if fp64_max_rel is None else fp64_max_rel
     if dtype == "float64":
@@ -240,7 +246,8 @@ def rule_text(dtype, fp64_max_rel=None):
             f"is judged; the float64 runs within max_rel {fp64:g} (align/py)")
 
 
-def judge_after_first_step(results, fp64_max_rel=FP64_TRAIN_MAX_REL, first_prefix="step000."):
+def judge_after_first_step(results: dict[str, dict], fp64_max_rel: float = FP64_TRAIN_MAX_REL,
+                           first_prefix: str = "step000.") -> dict[str, dict]:
     """train_diff's float32 rule for the steps after the first: passed iff the float64 twins agree (their
     float32 difference is reported). From the first update on, each float32 trajectory carries its own
     amplified rounding, so the smaller noise stops being a bound (align/train_align.py)."""
@@ -250,13 +257,14 @@ def judge_after_first_step(results, fp64_max_rel=FP64_TRAIN_MAX_REL, first_prefi
     return results
 
 
-def limits_for(level):
+def limits_for(level: str) -> dict[str, float]:
     """The default limits of a tool level ('train' keeps its curves to FP64_TRAIN_MAX_REL)."""
     return {"float64_max_rel": FP64_TRAIN_MAX_REL if level == "train" else FP64_MAX_REL,
             "noise_multiple": NOISE_MULTIPLE}
 
 
-def recheck(stats, fp64_max_rel=FP64_MAX_REL, multiple=NOISE_MULTIPLE, metric_max_abs=None):
+def recheck(stats: dict, fp64_max_rel: float = FP64_MAX_REL, multiple: float = NOISE_MULTIPLE,
+            metric_max_abs: float | None = None) -> str | None:
     """Re-derive a key's verdict from its recorded numbers and rule (the gate does not take a tool's word).
     Returns None when the numbers satisfy the rule, else the reason."""
     def num(name):
@@ -291,14 +299,17 @@ def recheck(stats, fp64_max_rel=FP64_MAX_REL, multiple=NOISE_MULTIPLE, metric_ma
         return str(e)
 
 
-def worst_passed_ratio(results):
+def worst_passed_ratio(results: dict[str, dict]) -> tuple[str, float]:
     """(key, ratio) of the passed key that used most of its tolerance; ("", 0.0) if none passed."""
     rows = [(k, v.get("ratio", 0.0)) for k, v in results.items() if v.get("passed")]
     return max(rows, key=lambda kv: kv[1]) if rows else ("", 0.0)
 
 
-def compare_runs(dtype, torch_run, paddle_run, torch_run64=None, paddle_run64=None, fp64_max_rel=FP64_MAX_REL,
-                 torch_variants=()):
+def compare_runs(dtype: str, torch_run: dict[str, np.ndarray], paddle_run: dict[str, np.ndarray],
+                 torch_run64: dict[str, np.ndarray] | None = None, paddle_run64: dict[str, np.ndarray] | None = None,
+                 fp64_max_rel: float = FP64_MAX_REL,
+                 torch_variants: Sequence[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = ()
+                 ) -> dict[str, dict]:
     """Compare two {key: array} dicts over their common keys, in torch_run's order.
 
     Integer and boolean arrays must be equal. For dtype 'float32' the float64 runs of both frameworks

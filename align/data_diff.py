@@ -12,10 +12,14 @@ the noise floor (align/compare.py).
 Writes DIR/data/{torch.npy, paddle.npy, diff.txt, summary.json}; exit status 0 iff the check passed
 (2 for bad arguments or an unreadable dataset).
 """
+from __future__ import annotations
+
 import itertools
+import os
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -30,7 +34,7 @@ from align.synthetic_coco import ensure_synthetic_coco  # noqa: E402
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / "data" / "synthetic_coco"
 
 
-def batch_arrays(batch, to_numpy):
+def batch_arrays(batch: dict, to_numpy: Callable[[Any], np.ndarray | None]) -> dict[str, np.ndarray]:
     """One collated batch as flat numpy arrays (boxes and labels of all images concatenated, with
     num_boxes to tell them apart)."""
     metas = batch["metas"]
@@ -48,7 +52,7 @@ def batch_arrays(batch, to_numpy):
     }
 
 
-def collect(loader, batches, to_numpy):
+def collect(loader: Any, batches: int, to_numpy: Callable[[Any], np.ndarray | None]) -> dict[str, np.ndarray]:
     """{'batchK.key': array} for the first `batches` batches, in execution order."""
     log = {}
     for k, batch in enumerate(itertools.islice(loader, batches)):
@@ -65,8 +69,9 @@ def _pipelines(data, batch_size, seed, dtype, short_side, max_size):
             pd.build_loader(pd.CocoDetection(data), **kwargs))
 
 
-def run_data_diff(data=None, batches=2, batch_size=2, dtype="float64", seed=0, out="reports",
-                  short_side=800, max_size=1333):
+def run_data_diff(data: str | os.PathLike | None = None, batches: int = 2, batch_size: int = 2,
+                  dtype: str = "float64", seed: int = 0, out: str | os.PathLike = "reports",
+                  short_side: int = 800, max_size: int = 1333) -> dict:
     """Compare the first `batches` batches of both loaders; writes OUT/data/ and returns the summary."""
     if not isinstance(batches, int) or batches < 1:
         raise ValueError(f"batches must be a positive int, got {batches!r}")

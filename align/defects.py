@@ -14,7 +14,11 @@ runs stay exact, so a check's float64 half passes and its float32 half must fail
 enters through a straight-through sum (x + (degraded - x) detached), so the graph is unchanged.
 Works on a torch module or a Paddle layer, by its dotted name.
 """
+from __future__ import annotations
+
 import contextlib
+import os
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -23,7 +27,7 @@ from align import frameworks
 KINDS = ("tf32", "bf16", "fp16")
 
 
-def degrade(array, kind):
+def degrade(array: np.ndarray, kind: str) -> np.ndarray:
     """The float32 array as the lower-precision path `kind` would see it (float32 out)."""
     a = np.ascontiguousarray(array, dtype=np.float32)
     if kind == "tf32":
@@ -53,7 +57,7 @@ def _degraded_like(x, kind, fw):
 
 
 @contextlib.contextmanager
-def plant(model, name, kind, where="forward"):
+def plant(model: Any, name: str, kind: str, where: str = "forward") -> Iterator[None]:
     """Within the block, submodule `name` of `model` runs with a float32-only defect of `kind`."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -80,7 +84,8 @@ def plant(model, name, kind, where="forward"):
         handle.remove()
 
 
-def planted_check(model, side, layer, kind, where, out_dir, input_shape, seed=0):
+def planted_check(model: str, side: str, layer: str, kind: str, where: str, out_dir: str | os.PathLike,
+                  input_shape: tuple | None, seed: int = 0) -> dict:
     """A float32 check of zoo `model` with a defect of `kind` planted in `layer` on `side` ('torch' or
     'paddle'): forward (align_forward) or backward (align_backward, the seeded projection objective).
     Returns the summary; a working check fails it with first_divergence at `layer`."""

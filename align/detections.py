@@ -5,6 +5,10 @@ may keep different detections and their element-wise difference would not be rou
 counterpart of a float32 detection is therefore the float64 evaluation of the *same* selection: the
 framework's own float64 head outputs at the detection's anchor and class, decoded in float64.
 """
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
 import numpy as np
 
 from align.numpy_ref.box_coder import delta_decode
@@ -12,7 +16,8 @@ from align.numpy_ref.box_coder import delta_decode
 FIELDS = ("boxes", "scores", "labels", "anchor_index")
 
 
-def pad_detections(detections, to_numpy, max_det):
+def pad_detections(detections: list[dict], to_numpy: Callable[[Any], np.ndarray | None],
+                   max_det: int) -> dict[str, dict[str, np.ndarray]]:
     """Variable-length detections -> {image: {count, boxes, scores, labels, anchor_index}} of fixed size
     (zeros, or -1 for integer fields, past 'count'), so both logs share keys and shapes.
 
@@ -39,7 +44,9 @@ def _levels(records, name, prefix):
     return [records[k] for k in keys]
 
 
-def float64_detection_view(records32, records64, image_size, means, stds, prefix="output"):
+def float64_detection_view(records32: dict[str, np.ndarray], records64: dict[str, np.ndarray], image_size: tuple,
+                           means: Sequence[float], stds: Sequence[float],
+                           prefix: str = "output") -> dict[str, np.ndarray]:
     """Float64 values of the detections selected in a float32 run, from that framework's float64 run."""
     anchors = np.concatenate(_levels(records64, "anchors", prefix)).astype(np.float64)
     logits = np.concatenate(_levels(records64, "cls_scores", prefix), axis=1).astype(np.float64)

@@ -18,8 +18,11 @@ threshold; measured: 21 of 3852 anchors of the first synthetic training image). 
 (align/loss_runner.py) and NMS / top-k selections (align/detections.py) are the other decisions the tools
 replay the same way.
 """
+from __future__ import annotations
+
 import contextlib
 from collections import OrderedDict
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -35,7 +38,7 @@ def _relu_modules(model):
 
 
 @contextlib.contextmanager
-def record_relu_masks(model):
+def record_relu_masks(model: Any) -> Iterator[dict[str, np.ndarray]]:
     """Yields a dict that, after the block, maps every ReLU call site to its mask (output > 0)."""
     calls, masks = [], {}
 
@@ -54,7 +57,7 @@ def record_relu_masks(model):
 
 
 @contextlib.contextmanager
-def replay_relu_masks(model, masks):
+def replay_relu_masks(model: Any, masks: dict[str, np.ndarray]) -> Iterator[None]:
     """Every ReLU call returns input * the recorded mask of its site (shapes must match); every recorded
     site must be called."""
     fw = frameworks.of(model)
@@ -82,7 +85,7 @@ def replay_relu_masks(model, masks):
         raise ValueError(f"ReLU sites recorded but not called in the replay: {missing[:5]}")
 
 
-def mask_flips(a, b):
+def mask_flips(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, int]:
     """{site: number of elements whose decision differs} over the sites both runs have, non-zero only."""
     out = {}
     for site, m in a.items():
@@ -114,7 +117,7 @@ def _like(array, fw, float_dtype):
 
 
 @contextlib.contextmanager
-def record_calls(obj, method):
+def record_calls(obj: Any, method: str) -> Iterator[list]:
     """Yields a list that, after the block, holds the NumPy copy of every result of obj.<method>()."""
     original, results = getattr(obj, method), []
 
@@ -130,7 +133,8 @@ def record_calls(obj, method):
 
 
 @contextlib.contextmanager
-def replay_calls(obj, method, results, fw, float_dtype):
+def replay_calls(obj: Any, method: str, results: list, fw: frameworks.Framework,
+                 float_dtype: str) -> Iterator[None]:
     """obj.<method>() returns the recorded results in order instead of computing them (it still runs, so
     its input checks hold); the count of calls must match."""
     original, it = getattr(obj, method), iter(results)
@@ -148,7 +152,7 @@ def replay_calls(obj, method, results, fw, float_dtype):
         delattr(obj, method)
 
 
-def call_flips(a, b, field=0):
+def call_flips(a: list, b: list, field: int = 0) -> dict[str, int]:
     """{call index: elements whose `field` differs} between two recorded call lists, non-zero only."""
     out = {}
     for i, (x, y) in enumerate(zip(a, b)):
@@ -160,7 +164,8 @@ def call_flips(a, b, field=0):
 
 
 @contextlib.contextmanager
-def decisions_of(model, loss=None, dtype="float64", replay=None):
+def decisions_of(model: Any, loss: Any = None, dtype: str = "float64",
+                 replay: dict | None = None) -> Iterator[dict]:
     """Records (replay None) or replays one side's discrete decisions in a step: its ReLU masks and, when
     `loss` has an `assigner`, its target assignment. Yields the dict the recording fills."""
     recorded = {}
@@ -177,7 +182,7 @@ def decisions_of(model, loss=None, dtype="float64", replay=None):
         yield recorded
 
 
-def decision_flips(a, b):
+def decision_flips(a: dict, b: dict) -> dict[str, dict]:
     """{"relu": {site: n}, "assign": {call: n}} of the decisions that differ between two runs, non-empty."""
     flips = {"relu": mask_flips(a["relu"], b["relu"])}
     if "assign" in a and "assign" in b:
@@ -185,7 +190,8 @@ def decision_flips(a, b):
     return {k: v for k, v in flips.items() if v}
 
 
-def float32_verdicts(torch_pass, paddle_pass, fp64_max_rel=FP64_MAX_REL):
+def float32_verdicts(torch_pass: Callable, paddle_pass: Callable, fp64_max_rel: float = FP64_MAX_REL
+                     ) -> tuple[dict[str, dict], dict[str, np.ndarray], dict[str, np.ndarray], dict | None]:
     """Every float32 key of one check, judged against float64; where float32 flipped a decision against
     float64 in any run, against the float64 replay of each run's own decisions (float32-events).
 

@@ -8,9 +8,13 @@ run in float64 (same weights, cast) to measure each framework's own rounding noi
 in float32 with its other convolution backend (torch_kernel_variant) for the envelope of its legitimate
 float32 error (align.compare). The models are left in float32 afterwards if they came in float32.
 """
+from __future__ import annotations
+
 import contextlib
+import os
 import time
 from collections import OrderedDict
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -27,7 +31,7 @@ def _cast_inputs(inputs, dtype):
 
 
 @contextlib.contextmanager
-def torch_kernel_variant():
+def torch_kernel_variant() -> Iterator[None]:
     """torch's other legitimate CPU convolution backend: oneDNN off when it is on (the default), on when a
     user turned it off. Its float32 error is as legitimate as the default's (align/compare.py)."""
     import torch
@@ -39,7 +43,8 @@ def torch_kernel_variant():
         torch.backends.mkldnn.enabled = before
 
 
-def run_side(model, inputs, dtype, outputs_fn=None):
+def run_side(model: Any, inputs: dict[str, np.ndarray], dtype: str,
+             outputs_fn: Callable | None = None) -> tuple[dict[str, np.ndarray], float]:
     """One eval-mode forward of a model of either framework in `dtype`; returns ({key: array} of every named
     submodule's output then the final outputs, seconds)."""
     fw = frameworks.of(model)
@@ -56,8 +61,9 @@ def run_side(model, inputs, dtype, outputs_fn=None):
     return records, seconds
 
 
-def align_forward(torch_model, paddle_model, inputs, dtype, out_dir, outputs_fn=None, check="forward",
-                  extra=None, float64_view=None):
+def align_forward(torch_model: Any, paddle_model: Any, inputs: dict[str, np.ndarray], dtype: str,
+                  out_dir: str | os.PathLike, outputs_fn: Callable | None = None, check: str = "forward",
+                  extra: dict | None = None, float64_view: Callable | None = None) -> dict:
     """Run both models, compare every matched record, write the report to out_dir; returns the summary.
 
     inputs: {name: ndarray}, passed positionally in this order (or to the outputs_fn as tensors).

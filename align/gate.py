@@ -13,12 +13,16 @@ done, unless --keep-tensors: the whole set would take several GB.
 summary.json and diff.txt stay; a failed check keeps everything for debugging.
 Exit status 0 iff every report passed.
 """
+from __future__ import annotations
+
+import argparse
 import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -30,7 +34,7 @@ from align.progress import progress  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def prune_tensor_logs(folder):
+def prune_tensor_logs(folder: str | os.PathLike) -> int:
     """Delete the reprod_log tensor files (*.npy) and checkpoints under a report folder; returns bytes freed."""
     freed = 0
     for path in list(Path(folder).rglob("*.npy")) + list(Path(folder).rglob("*.pkl")):
@@ -39,7 +43,7 @@ def prune_tensor_logs(folder):
     return freed
 
 
-def check_keys(summary, limits=None):
+def check_keys(summary: dict, limits: dict | None = None) -> list[str]:
     """Re-check a summary's numbers, key by key and by the rule each key records (align.compare.recheck),
     against the manifest's limits for its check (default: align.compare.limits_for the summary's tool);
     returns a list of offending keys."""
@@ -51,7 +55,7 @@ def check_keys(summary, limits=None):
             or recheck(st, limits["float64_max_rel"], limits["noise_multiple"], metric_limit) is not None]
 
 
-def gate(out, since=None, expected=()):
+def gate(out: str | os.PathLike, since: float | None = None, expected: Sequence[str] = ()) -> bool:
     """Judge the reports under out (with expected, a regenerating run's folders: those alone, every one
     present); prints one row per report and a summary line; True iff all passed."""
     rows, ok, checks = [], True, manifest.checks()
@@ -95,7 +99,7 @@ def gate(out, since=None, expected=()):
     return ok and bool(rows)
 
 
-def regenerate(out, keep_tensors=False):
+def regenerate(out: str, keep_tensors: bool = False) -> list[str]:
     """Run every manifest check; returns the folders they write."""
     checks = manifest.checks()
     for limit in manifest.limits():
@@ -115,14 +119,14 @@ def regenerate(out, keep_tensors=False):
     return [c.folder for c in checks]
 
 
-def add_arguments(p):
+def add_arguments(p: argparse.ArgumentParser) -> None:
     cli_args.add_out(p)
     p.add_argument("--regenerate", action="store_true", help="run every alignment check first (CI)")
     p.add_argument("--keep-tensors", action="store_true",
                    help="keep the tensor logs of regenerated checks that passed (several GB in all)")
 
 
-def execute(args):
+def execute(args: argparse.Namespace) -> int:
     since, expected = None, ()
     if args.regenerate:
         since = time.time()
@@ -130,7 +134,7 @@ def execute(args):
     return 0 if gate(args.out, since, expected) else 1
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     return cli_args.tool_main(__doc__, add_arguments, execute, argv)
 
 

@@ -5,12 +5,18 @@ by name, never by definition order. A submodule called more than once in a forwa
 FPN levels) gets one key per call: 'name#0', 'name#1', ... Tuple, list and dict outputs are flattened into
 'name.0', 'name.key', ... Outputs are copied to NumPy at hook time, so later in-place ops cannot alter them.
 """
+from __future__ import annotations
+
 from collections import OrderedDict
+from typing import Any, Callable
+
+import numpy as np
 
 from align import frameworks
 
 
-def flatten_outputs(prefix, value, to_numpy, out):
+def flatten_outputs(prefix: str, value: Any, to_numpy: Callable[[Any], np.ndarray | None],
+                    out: list[tuple[str, np.ndarray]]) -> None:
     """Append (key, ndarray) pairs for every tensor inside `value` to the list `out`."""
     if isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
@@ -31,14 +37,14 @@ class _Recorder:
         self.to_numpy = to_numpy
         self.calls = []  # (module name, [(subkey, array)]) in execution order
 
-    def hook_for(self, name):
+    def hook_for(self, name: str) -> Callable:
         def hook(module, inputs, output):
             flat = []
             flatten_outputs("", output, self.to_numpy, flat)
             self.calls.append((name, flat))
         return hook
 
-    def records(self):
+    def records(self) -> dict[str, np.ndarray]:
         out = OrderedDict()
         for base, (_, flat) in zip(call_keys([name for name, _ in self.calls]), self.calls):
             for sub, arr in flat:
@@ -46,7 +52,7 @@ class _Recorder:
         return out
 
 
-def call_keys(names):
+def call_keys(names: list[str]) -> list[str]:
     """One key per call, in call order: 'name' for a module called once, 'name#k' for its k-th call."""
     counts = {}
     for name in names:
@@ -79,7 +85,8 @@ class record:
         return False
 
 
-def match_records(torch_records, paddle_records):
+def match_records(torch_records: dict[str, np.ndarray],
+                  paddle_records: dict[str, np.ndarray]) -> tuple[list[str], dict[str, list[str]]]:
     """Split into matched keys (torch execution order) and the names found on one side only."""
     matched = [k for k in torch_records if k in paddle_records]
     torch_only = [k for k in torch_records if k not in paddle_records]

@@ -21,6 +21,8 @@ diag_steps) (the NumPy definition evaluated on one twin's own assignment) and ev
 be explained by spec.extra["explain_diag"](steps, torch_diag_steps, paddle_diag_steps) (adjacent bins,
 float64 value within a few float32 ulps of the edge between them). summary["bin_moves"] counts them.
 """
+from __future__ import annotations
+
 import importlib
 import time
 from collections import OrderedDict
@@ -29,6 +31,7 @@ import numpy as np
 
 from align import frameworks
 from align.compare import check_exact, check_exact_events, check_float32, check_float32_events, check_float64
+from align.loss_specs import LossCase, LossSpec
 from align.report import save_reprod_log, write_report
 
 LOSS_NAMES = ("focal", "ghmc", "ghmr", "aploss", "smooth_l1", "balanced_l1", "varifocal", "giou", "dfl")
@@ -36,7 +39,7 @@ DTYPES = ("float32", "float64")
 SECTIONS = (("outputs", "loss"), ("grads", "grad"), ("state", "state"), ("diag", "bins"))
 
 
-def load_spec(name):
+def load_spec(name: str) -> LossSpec | None:
     """The SPEC of align/loss_specs/<name>.py, or None when that module does not exist (yet)."""
     if name not in LOSS_NAMES:
         raise ValueError(f"loss must be one of {LOSS_NAMES}, got {name!r}")
@@ -71,7 +74,8 @@ def _as_dict(out):
     return OrderedDict(loss=out)
 
 
-def run_framework(side, spec, case, dtype):
+def run_framework(side: frameworks.Framework, spec: LossSpec, case: LossCase,
+                  dtype: str) -> list[dict[str, dict[str, np.ndarray]]]:
     """One twin on every step of a case: [{"outputs", "grads", "state", "diag"} of arrays per step]."""
     build, state_fn = getattr(spec, f"build_{side.name}"), getattr(spec, f"{side.name}_state")
     obj = build(dtype)
@@ -90,7 +94,7 @@ def run_framework(side, spec, case, dtype):
     return records
 
 
-def flatten(case, records):
+def flatten(case: LossCase, records: list[dict]) -> dict[str, np.ndarray]:
     """[{section: {name: array}}] -> {"case[/stepK]/section/name": array} in execution order."""
     flat = OrderedDict()
     for k, rec in enumerate(records):
@@ -116,7 +120,8 @@ def _count_moves(a, b):
     return int(np.sum(np.asarray(a) != np.asarray(b)))
 
 
-def compare_case(spec, case, dtype, runs, reference):
+def compare_case(spec: LossSpec, case: LossCase, dtype: str, runs: dict[str, list[dict]], reference: list[dict]
+                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, dict], dict]:
     """results {row: stats} for one case and its bin-move record. runs: {"torch", "paddle"[, "torch64", ...]}."""
     t_log, p_log = flatten(case, runs["torch"]), flatten(case, runs["paddle"])
     t64 = flatten(case, runs.get("torch64", runs["torch"]))
@@ -186,7 +191,7 @@ def _step_of(key):
     return parts[1] if len(parts) > 3 and parts[1].startswith("step") else "step0"
 
 
-def run_spec(spec, dtype="float64", out="reports", seed=0):
+def run_spec(spec: LossSpec, dtype: str = "float64", out: str = "reports", seed: int = 0) -> dict:
     """Run every case of `spec` in `dtype`; write DIR/losses/<name>/ and return the summary."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")

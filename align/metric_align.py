@@ -9,8 +9,12 @@ and category ids, and pycocotools' COCOeval scores each set. AP, AP50, AP75, APs
 compared (identical in float64; float32 within align.compare.check_metric's limits), with a prediction-level
 diff (paired boxes, scores, labels).
 """
+from __future__ import annotations
+
+import os
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -20,10 +24,10 @@ from align.compare import check_metric, reported
 from align.progress import progress
 from align.report import write_report
 from align.train_data import loader_pair
-from align.zoo import build_models, get_spec
+from align.zoo import ModelSpec, build_models, get_spec
 
 
-def predict_all(spec, model, loader, label_to_cat_id):
+def predict_all(spec: ModelSpec, model: Any, loader: Any, label_to_cat_id: list[int]) -> list[dict]:
     fw, dets = frameworks.of(model), []
     for batch in progress(loader, f"predict {fw.name}", len(loader)):
         sizes = [m["img_size"] for m in batch["metas"]]
@@ -33,7 +37,9 @@ def predict_all(spec, model, loader, label_to_cat_id):
     return dets
 
 
-def run_metric(model, dtype="float64", data=None, weights=None, out="reports", seed=0, num_classes=None):
+def run_metric(model: str, dtype: str = "float64", data: str | os.PathLike | None = None,
+               weights: str | None = None, out: str | os.PathLike = "reports", seed: int = 0,
+               num_classes: int | None = None) -> dict:
     spec = get_spec(model)
     if spec.predict is None:
         raise ValueError(f"model {model!r} has no metric hook (predict) in its zoo spec")

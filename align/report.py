@@ -6,10 +6,13 @@ Layout of DIR (one check):
     summary.json           the machine-readable verdict: {"passed", "dtype", "first_divergence", "keys": {...}, ...}
 The caller's exit status is 0 iff summary["passed"].
 """
+from __future__ import annotations
+
 import math
 import os
 import platform
 import sys
+from typing import Callable, Iterable
 
 import numpy as np
 from reprod_log import ReprodLogger
@@ -18,7 +21,7 @@ from align import compare
 from twin_common.atomic import atomic_path, write_json, write_text
 
 
-def save_reprod_log(path, data):
+def save_reprod_log(path: str | os.PathLike, data: dict[str, np.ndarray]) -> None:
     """Write a ReprodLogger file atomically (np.save appends '.npy', so the temp name keeps that suffix)."""
     logger = ReprodLogger()
     for key, value in data.items():
@@ -35,7 +38,7 @@ def _fmt(x):
     return str(x)
 
 
-def render_table(summary):
+def render_table(summary: dict) -> str:
     keys = summary["keys"]
     float32 = summary["dtype"] == "float32"
     cols = ["max_abs", "mean_abs", "max_rel"] + (["noise_torch", "noise_paddle", "tolerance_abs"] if float32 else [])
@@ -67,13 +70,13 @@ def render_table(summary):
     return "\n".join(lines) + "\n"
 
 
-def worst_key(summary, skip=lambda stats: False):
+def worst_key(summary: dict, skip: Callable[[dict], bool] = lambda stats: False) -> tuple[str, float]:
     """(key, max_rel) of the largest max_rel in a summary, leaving out keys `skip` says; ("", 0.0) if none."""
     rows = [(k, v["max_rel"]) for k, v in summary["keys"].items() if not skip(v)]
     return max(rows, key=lambda kv: kv[1]) if rows else ("", 0.0)
 
 
-def environment():
+def environment() -> dict[str, str]:
     """Versions and code paths behind a report: what a reader needs to reproduce it."""
     env = {"python": platform.python_version(), "numpy": np.__version__}
     for name in ("torch", "paddle"):
@@ -87,8 +90,9 @@ def environment():
     return env
 
 
-def write_report(out_dir, check, dtype, torch_log, paddle_log, results, order=None, extra=None,
-                 fp64_max_rel=None):
+def write_report(out_dir: str | os.PathLike, check: str, dtype: str, torch_log: dict[str, np.ndarray],
+                 paddle_log: dict[str, np.ndarray], results: dict[str, dict], order: Iterable[str] | None = None,
+                 extra: dict | None = None, fp64_max_rel: float | None = None) -> dict:
     """Write the three report files and return the summary dict.
 
     results: {key: stats dict with at least 'passed'}; order: keys in execution order (first divergence

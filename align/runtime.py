@@ -1,8 +1,10 @@
 """Process-wide framework settings every alignment tool applies before it runs anything."""
+from __future__ import annotations
+
 import os
 
 
-def configure_frameworks(threads=None):
+def configure_frameworks(threads: int | None = None) -> int:
     """Deterministic, CPU-friendly settings for torch and Paddle (GPU: no TF32, deterministic kernels).
 
     threads: torch's intra-op threads (default OMP_NUM_THREADS when set, else the CPUs, at most 8).

@@ -4,16 +4,19 @@ Every tensor gets its own generator seeded by (seed, crc32 of its name): the dra
 alone, never on definition order. Initialisation is done on the torch model; the Paddle twin receives the
 same numbers through weights_convert.
 """
+from __future__ import annotations
+
 import zlib
+from typing import Any
 
 import numpy as np
 
 
-def tensor_rng(seed, name):
+def tensor_rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([int(seed), zlib.crc32(name.encode())])
 
 
-def seeded_array(seed, name, shape, kind):
+def seeded_array(seed: int, name: str, shape: tuple, kind: str) -> np.ndarray:
     """kind: 'weight' (normal, variance 1/fan-in: activations stay O(1) through deep nets), 'bias',
     'bn_weight', 'bn_bias', 'running_mean', 'running_var'."""
     rng = tensor_rng(seed, name)
@@ -27,7 +30,7 @@ def seeded_array(seed, name, shape, kind):
     raise ValueError(f"unknown kind {kind!r}")
 
 
-def seeded_init_torch(model, seed=0):
+def seeded_init_torch(model: Any, seed: int = 0) -> Any:
     """Overwrite every conv/linear/batch-norm tensor of a torch model in place; returns the model."""
     import torch
     from torch import nn

@@ -9,6 +9,8 @@ larger), so COCOeval's size breakdown is non-trivial. Boxes and areas come from 
 occlusion), so the annotations are exact. Everything is a function of the seed; every file is written
 atomically and the json last, so a present json means a complete set.
 """
+from __future__ import annotations
+
 import argparse
 import json
 import os
@@ -101,7 +103,8 @@ def _render_image(rng, image_id):
     return Image.fromarray(pixels.astype(np.uint8), "RGB"), width, height, anns
 
 
-def generate_synthetic_coco(root, num_images=24, seed=0, image_format="png"):
+def generate_synthetic_coco(root: str | os.PathLike, num_images: int = 24, seed: int = 0,
+                            image_format: str = "png") -> str:
     """Write the dataset under root; returns root (what CocoDetection takes)."""
     if int(num_images) < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images!r}")
@@ -134,7 +137,8 @@ def _info(num_images, seed, image_format):
             "seed": int(seed), "format": image_format}
 
 
-def ensure_synthetic_coco(root, num_images=24, seed=0, image_format="png"):
+def ensure_synthetic_coco(root: str | os.PathLike, num_images: int = 24, seed: int = 0,
+                          image_format: str = "png") -> str:
     """Generate the set under root unless a complete one made with the same arguments is there; returns
     root."""
     ann_file = Path(root) / "annotations" / "instances.json"
@@ -149,7 +153,7 @@ def ensure_synthetic_coco(root, num_images=24, seed=0, image_format="png"):
     return generate_synthetic_coco(root, num_images, seed, image_format)
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=os.path.join("data", "synthetic_coco"))
     p.add_argument("--num-images", type=int, default=24)

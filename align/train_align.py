@@ -11,6 +11,9 @@ noise-floor rule and later ones are judged on their float64 twins (align.compare
 While it runs, checkpoint_<dtype>.pkl holds both sides after the last completed step, so resume=True
 continues an interrupted run; a completed run deletes it unless keep_checkpoint.
 """
+from __future__ import annotations
+
+import os
 import pickle
 import time
 from collections import OrderedDict
@@ -37,7 +40,7 @@ class Side:
         self.trainer = Trainer(model, loss, train)
         self.seconds = 0.0
 
-    def step(self, i, batch):
+    def step(self, i: int, batch: dict) -> dict:
         start = time.perf_counter()
         values = self.trainer.step(i, batch)
         self.seconds += time.perf_counter() - start
@@ -46,18 +49,20 @@ class Side:
         values.update({f"state.{k}": v for k, v in loss_state(self.loss).items()})
         return values
 
-    def state(self):
+    def state(self) -> dict:
         return {"model": self.fw.state_dict(self.model), "loss": self.fw.state_dict(self.loss),
                 "opt": self.fw.opt_state(self.trainer.opt, self.model), "seconds": self.seconds}
 
-    def load(self, st):
+    def load(self, st: dict) -> None:
         self.fw.load_state_dict(self.model, st["model"])
         self.fw.load_state_dict(self.loss, st["loss"])
         self.fw.load_opt_state(self.trainer.opt, self.model, st["opt"])
         self.seconds = st["seconds"]
 
 
-def train(name, steps, dtype, data, seed, ckpt=None, resume=False, show=True):
+def train(name: str, steps: int, dtype: str, data: str | os.PathLike | None, seed: int,
+          ckpt: str | os.PathLike | None = None, resume: bool = False, show: bool = True
+          ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, float]]:
     """Run `steps` steps on both sides; returns ({key: array} torch, paddle, seconds per step per side)."""
     spec = get_spec(name)
     batches, num_classes = first_batches(data, steps, dtype, seed)
@@ -81,8 +86,9 @@ def train(name, steps, dtype, data, seed, ckpt=None, resume=False, show=True):
     return logs[0], logs[1], {s.fw.name: s.seconds / max(steps - start_step, 1) for s in sides}
 
 
-def run_train(name, steps=10, dtype="float64", data=None, out="reports", seed=0, resume=False,
-              keep_checkpoint=False, checkpoint=True):
+def run_train(name: str, steps: int = 10, dtype: str = "float64", data: str | os.PathLike | None = None,
+              out: str | os.PathLike = "reports", seed: int = 0, resume: bool = False,
+              keep_checkpoint: bool = False, checkpoint: bool = True) -> dict:
     """train_diff's check: both dtypes' runs as needed, the verdict, the report and curves.png."""
     spec = get_spec(name)
     out_dir = Path(out) / name / "train"

@@ -3,7 +3,11 @@
 The default data is the bundled synthetic COCO-format set (generated under data/synthetic_coco on first use);
 any COCO-format directory (images/ + annotations/instances.json) works. Small images keep CPU runs short.
 """
+from __future__ import annotations
+
+import os
 from pathlib import Path
+from typing import Any
 
 from align.synthetic_coco import ensure_synthetic_coco
 
@@ -12,7 +16,7 @@ DEFAULT_DATA = ROOT / "data" / "synthetic_coco"
 TRAIN_SIZE = dict(short_side=128, max_size=160)
 
 
-def dataset_pair(data=None):
+def dataset_pair(data: str | os.PathLike | None = None) -> tuple[Any, Any]:
     from paddle_impl.data.coco import CocoDetection as PCoco
     from torch_ref.data.coco import CocoDetection as TCoco
     if data is None:
@@ -21,7 +25,8 @@ def dataset_pair(data=None):
     return TCoco(root=str(root)), PCoco(root=str(root))
 
 
-def loader_pair(data=None, dtype="float64", seed=0, batch_size=2, shuffle=True, flip_prob=0.5):
+def loader_pair(data: str | os.PathLike | None = None, dtype: str = "float64", seed: int = 0, batch_size: int = 2,
+                shuffle: bool = True, flip_prob: float = 0.5) -> tuple[Any, Any, int]:
     from paddle_impl.data.coco import build_loader as p_build
     from torch_ref.data.coco import build_loader as t_build
     t_ds, p_ds = dataset_pair(data)
@@ -29,7 +34,8 @@ def loader_pair(data=None, dtype="float64", seed=0, batch_size=2, shuffle=True, 
     return t_build(t_ds, **kw), p_build(p_ds, **kw), len(t_ds.cat_ids)
 
 
-def first_batches(data, n, dtype, seed, batch_size=2):
+def first_batches(data: str | os.PathLike | None, n: int, dtype: str, seed: int,
+                  batch_size: int = 2) -> tuple[list[tuple[dict, dict]], int]:
     """[(torch batch, paddle batch)] * n (cycling through epochs), and the number of classes."""
     t_loader, p_loader, num_classes = loader_pair(data, dtype, seed, batch_size)
     out = []

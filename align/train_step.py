@@ -11,10 +11,15 @@ computes them. float32: align.compare's rule, with torch's envelope over its two
 where float32 flipped decisions (ReLU masks, the anchor assignment), the float64 replay of each run's own
 decisions (align.events.float32_verdicts).
 """
+from __future__ import annotations
+
 import contextlib
+import os
 import time
 from collections import OrderedDict
 from pathlib import Path
+
+import numpy as np
 
 from align import frameworks
 from align.backward import align_backward
@@ -24,7 +29,7 @@ from align.forward import torch_kernel_variant
 from align.report import write_report
 from align.train_data import first_batches
 from align.training import build_training_pair, training_losses
-from align.zoo import build_models, get_spec
+from align.zoo import ModelSpec, build_models, get_spec
 
 
 class StepRunner:
@@ -45,7 +50,8 @@ class StepRunner:
             self.built[dtype] = (t_model, t_batch, p_model, p_batch)
         return self.built[dtype]
 
-    def side(self, index, dtype, replay=None, variant=False):
+    def side(self, index: int, dtype: str, replay: dict | None = None,
+             variant: bool = False) -> tuple[dict[str, np.ndarray], dict]:
         """({key: array}, decisions) of one side's step (0 torch, 1 Paddle): the loss terms, then the
         gradients in backward execution order (the parameters from the last defined to the first)."""
         t_model, t_batch, p_model, p_batch = self._pair(dtype)
@@ -61,14 +67,16 @@ class StepRunner:
         log.update((f"grad.{k}", v) for k, v in reversed(list(fw.grads(model).items())))
         return log, decisions
 
-    def torch(self, dtype, replay=None, variant=False):
+    def torch(self, dtype: str, replay: dict | None = None,
+              variant: bool = False) -> tuple[dict[str, np.ndarray], dict]:
         return self.side(0, dtype, replay, variant)
 
-    def paddle(self, dtype, replay=None):
+    def paddle(self, dtype: str, replay: dict | None = None) -> tuple[dict[str, np.ndarray], dict]:
         return self.side(1, dtype, replay)
 
 
-def run_projection(spec, dtype="float64", out="reports", seed=0):
+def run_projection(spec: ModelSpec, dtype: str = "float64", out: str | os.PathLike = "reports",
+                   seed: int = 0) -> dict:
     """Backward of a zoo model without a TrainSpec, on its seeded inputs, with the projection objective."""
     torch_model, paddle_model = build_models(spec, None, seed)
     return align_backward(torch_model, paddle_model, spec.inputs(seed), dtype,
@@ -76,7 +84,8 @@ def run_projection(spec, dtype="float64", out="reports", seed=0):
                           extra={"model": spec.name, "seed": seed, "objective": "seeded projection"})
 
 
-def run_backward(name, dtype="float64", data=None, out="reports", seed=0):
+def run_backward(name: str, dtype: str = "float64", data: str | os.PathLike | None = None,
+                 out: str | os.PathLike = "reports", seed: int = 0) -> dict:
     spec = get_spec(name)
     if spec.train is None:
         return run_projection(spec, dtype, out, seed)

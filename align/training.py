@@ -16,13 +16,19 @@ driven by one seed) and the same optimiser recipe:
   on both sides. Paddle's ClipGradByGlobalNorm uses max_norm / max(norm, max_norm), which differs by
   ~1e-6 / norm whenever clipping is active; using one formula keeps float64 runs within 1e-8.
 """
+from __future__ import annotations
+
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from align import frameworks
 from align.seeded_init import seeded_init_torch
 from weights_convert.transfer import copy_torch_to_paddle
+
+if TYPE_CHECKING:
+    from align.zoo import ModelSpec
 
 
 @dataclass
@@ -35,7 +41,7 @@ class Recipe:
     decay_steps: tuple = (7,)
     clip_norm: float = 35.0
 
-    def lr(self, step):
+    def lr(self, step: int) -> float:
         """Learning rate at 0-based step: linear warm-up, then x0.1 at each decay step."""
         if step < self.warmup_steps:
             k = step / self.warmup_steps
@@ -49,7 +55,8 @@ def _train_spec(spec):
     return spec.train
 
 
-def build_training_pair(spec, num_classes, seed=0, dtype="float64"):
+def build_training_pair(spec: ModelSpec, num_classes: int, seed: int = 0,
+                        dtype: str = "float64") -> tuple[Any, Any, Any, Any]:
     """(torch model, torch loss, paddle model, paddle loss) of a zoo spec with identical weights, in dtype:
     the seeded init, then the family's head init, copied to Paddle."""
     from align.zoo import build_twins
@@ -65,7 +72,8 @@ def build_training_pair(spec, num_classes, seed=0, dtype="float64"):
     return t_model, t_loss, p_model, p_loss
 
 
-def training_losses(spec, num_classes, t_model, p_model, dtype):
+def training_losses(spec: ModelSpec, num_classes: int, t_model: Any, p_model: Any,
+                    dtype: str) -> tuple[Any, Any]:
     """Fresh (torch loss, paddle loss) of a spec, in dtype (GHM's momentum state at zero)."""
     train = _train_spec(spec)
     t_loss = train.build_torch_loss(t_model, num_classes)
@@ -75,12 +83,13 @@ def training_losses(spec, num_classes, t_model, p_model, dtype):
     return t_loss, p_loss
 
 
-def loss_state(loss_module):
+def loss_state(loss_module: Any) -> dict[str, np.ndarray]:
     """The loss module's state (GHM momentum acc_sum buffers) by name, part of what training compares."""
     return frameworks.of(loss_module).numpy_state(loss_module)
 
 
-def param_groups(named_params, recipe, no_decay):
+def param_groups(named_params: list[tuple[str, Any]], recipe: Recipe,
+                 no_decay: Callable[[str], bool]) -> list[dict]:
     """SGD groups: weight decay on everything but the no-decay set. Works for either framework's parameters."""
     return [{"params": [p for n, p in named_params if not no_decay(n)], "weight_decay": recipe.weight_decay},
             {"params": [p for n, p in named_params if no_decay(n)], "weight_decay": 0.0}]
@@ -98,7 +107,7 @@ class Trainer:
         self.opt = self.fw.sgd(param_groups(self.named, self.recipe, train.no_decay), self.recipe.lr(0),
                                self.recipe.momentum)
 
-    def step(self, step, batch):
+    def step(self, step: int, batch: dict) -> dict[str, float]:
         fw = self.fw
         fw.set_lr(self.opt, self.recipe.lr(step))
         fw.set_mode(self.model, train=True)
@@ -112,7 +121,7 @@ class Trainer:
                 "lr": self.recipe.lr(step), "grad_norm": norm}
 
 
-def param_stats(named_arrays):
+def param_stats(named_arrays: dict[str, np.ndarray]) -> dict[str, float]:
     """Global parameter statistics logged every step, per array and combined (no concatenated copy of every
     parameter: that is ~300 MB per side per step in float64)."""
     arrays = [np.asarray(a, dtype=np.float64).ravel() for a in named_arrays.values()]

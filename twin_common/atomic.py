@@ -1,8 +1,11 @@
 """Atomic file output: a crash or a bad input never leaves a half-written file behind."""
+from __future__ import annotations
+
 import json
 import os
 import tempfile
 from contextlib import contextmanager
+from typing import Any, Iterator
 
 
 def _default_mode():
@@ -13,7 +16,7 @@ def _default_mode():
 
 
 @contextmanager
-def atomic_path(path, suffix=""):
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
     """Yield a temporary path next to `path`; on success it replaces `path` in one rename.
 
     `suffix` keeps writers that append an extension (np.save adds '.npy') pointed at the same file.
@@ -33,11 +36,11 @@ def atomic_path(path, suffix=""):
         raise
 
 
-def write_text(path, text):
+def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
 
 
-def write_json(path, obj):
+def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=True) + "\n")

@@ -3,15 +3,19 @@
 Both frameworks' CocoDetection wrap CocoRecords, so the bytes they start from are identical; all tensor
 work happens afterwards in each framework's own transforms.
 """
+from __future__ import annotations
+
 import contextlib
 import io
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 
-def load_coco(ann_file, quiet=True):
+def load_coco(ann_file: str | os.PathLike, quiet: bool = True) -> Any:
     """pycocotools COCO for ann_file, without its progress printing unless quiet=False."""
     from pycocotools.coco import COCO
     if not Path(ann_file).is_file():
@@ -20,7 +24,8 @@ def load_coco(ann_file, quiet=True):
         return COCO(str(ann_file))
 
 
-def resolve_layout(root, ann_file=None, img_dir=None):
+def resolve_layout(root: str | os.PathLike, ann_file: str | os.PathLike | None = None,
+                   img_dir: str | os.PathLike | None = None) -> tuple[Path, Path]:
     """(ann_file, img_dir) for a COCO-format directory.
 
     root may be: a set root with annotations/instances.json + images/ (the synthetic set) or with the
@@ -51,13 +56,13 @@ def resolve_layout(root, ann_file=None, img_dir=None):
     return ann_file, Path(img_dir)
 
 
-def decode_image(path):
+def decode_image(path: str | os.PathLike) -> np.ndarray:
     """RGB uint8 (H, W, 3) array, as PIL decodes it."""
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
 
 
-def rescale_size(height, width, short_side, max_size):
+def rescale_size(height: int, width: int, short_side: int, max_size: int) -> tuple[int, int, float, float]:
     """mmdetection's keep-ratio rescale: scale so the short side reaches short_side and the long side stays
     <= max_size; sizes rounded half up. Returns (new_h, new_w, w_scale, h_scale), the scales being the
     realised new/old ratios (what boxes are multiplied by)."""
@@ -91,7 +96,7 @@ class CocoRecords:
     def __len__(self):
         return len(self.img_ids)
 
-    def annotations(self, image_id):
+    def annotations(self, image_id: int) -> tuple[np.ndarray, np.ndarray]:
         """(boxes x1y1x2y2 float64 (N, 4), labels int64 (N,)) of one image."""
         info = self.coco.imgs[image_id]
         boxes, labels = [], []
@@ -106,7 +111,7 @@ class CocoRecords:
             labels.append(self.cat_id_to_label[ann["category_id"]])
         return (np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(labels, np.int64))
 
-    def load(self, index):
+    def load(self, index: int) -> dict:
         """{'image': uint8 (H, W, 3), 'boxes', 'labels', 'image_id', 'orig_size': (H, W)} of image index."""
         image_id = self.img_ids[index]
         image = decode_image(self.img_dir / self.coco.imgs[image_id]["file_name"])

@@ -3,6 +3,8 @@
 Torch files load with weights_only=True (no arbitrary code from a checkpoint). Paddle's .pdparams are
 pickles: paddle.load them only from sources you trust. Writes are atomic.
 """
+from __future__ import annotations
+
 import os
 
 import numpy as np
@@ -17,7 +19,7 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read, or whose keys/shapes do not fit the model."""
 
 
-def framework_of(path, must_exist=True):
+def framework_of(path: str | os.PathLike, must_exist: bool = True) -> str:
     """'torch' or 'paddle', from the suffix, else (existing files) from the content: torch files are zips."""
     lower = os.fspath(path).lower()
     if lower.endswith(PADDLE_SUFFIXES):
@@ -41,7 +43,7 @@ def _unwrap(obj, path):
     raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
 
 
-def load_torch(path):
+def load_torch(path: str | os.PathLike) -> dict[str, np.ndarray]:
     import torch
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such file")
@@ -56,7 +58,7 @@ def load_torch(path):
     return {k: v.detach().cpu().numpy() for k, v in state.items()}
 
 
-def load_paddle(path):
+def load_paddle(path: str | os.PathLike) -> dict[str, np.ndarray]:
     import paddle
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such file")
@@ -76,23 +78,23 @@ def load_paddle(path):
     return out
 
 
-def load_checkpoint(path):
+def load_checkpoint(path: str | os.PathLike) -> tuple[str, dict[str, np.ndarray]]:
     """(framework, {name: ndarray})."""
     fw = framework_of(path)
     return fw, (load_torch(path) if fw == "torch" else load_paddle(path))
 
 
-def save_torch(state, path):
+def save_torch(state: dict[str, np.ndarray], path: str | os.PathLike) -> None:
     import torch
     with atomic_path(path) as tmp:
         torch.save({k: torch.from_numpy(np.asarray(v, order="C")) for k, v in state.items()}, tmp)
 
 
-def save_paddle(state, path):
+def save_paddle(state: dict[str, np.ndarray], path: str | os.PathLike) -> None:
     import paddle
     with atomic_path(path) as tmp:
         paddle.save({k: paddle.to_tensor(np.asarray(v, order="C")) for k, v in state.items()}, tmp)
 
 
-def save_checkpoint(state, path, framework):
+def save_checkpoint(state: dict[str, np.ndarray], path: str | os.PathLike, framework: str) -> None:
     (save_torch if framework == "torch" else save_paddle)(state, path)

@@ -1,18 +1,22 @@
 """In-memory weight transfer between live model twins (what the alignment tools use)."""
+from __future__ import annotations
+
+from typing import Any
+
 import numpy as np
 
-from weights_convert.convert import layout_from_models, paddle_to_torch, torch_to_paddle
+from weights_convert.convert import KeyRule, layout_from_models, paddle_to_torch, torch_to_paddle
 
 
-def torch_state_numpy(torch_model):
+def torch_state_numpy(torch_model: Any) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy() for k, v in torch_model.state_dict().items()}
 
 
-def paddle_state_numpy(paddle_model):
+def paddle_state_numpy(paddle_model: Any) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in paddle_model.state_dict().items()}
 
 
-def copy_torch_to_paddle(torch_model, paddle_model, key_rule=None):
+def copy_torch_to_paddle(torch_model: Any, paddle_model: Any, key_rule: KeyRule | None = None) -> Any:
     """Copy every parameter and buffer of torch_model into its Paddle twin, strictly and bit-exactly
     (key_rule: torch key -> Paddle key, default weights_convert.rules)."""
     import paddle
@@ -28,7 +32,7 @@ def copy_torch_to_paddle(torch_model, paddle_model, key_rule=None):
     return paddle_model
 
 
-def copy_paddle_to_torch(paddle_model, torch_model, key_rule=None):
+def copy_paddle_to_torch(paddle_model: Any, torch_model: Any, key_rule: KeyRule | None = None) -> Any:
     import torch
     layout = layout_from_models(torch_model, paddle_model, key_rule)
     state = paddle_to_torch(paddle_state_numpy(paddle_model), layout, what="Paddle model state")
