@@ -15,14 +15,15 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from align import frameworks
 from align.compare import compare_runs, reported
 from align.events import decisions_of, float32_verdicts
-from align.forward import _cast_inputs, torch_kernel_variant
+from align.explain import diagnose
+from align.forward import _cast_inputs, call_model, torch_kernel_variant
 from align.hooks import flatten_outputs
 from align.report import write_report
 
@@ -33,22 +34,28 @@ def _projection(flat, seed):
     return [rng.normal(size=np.shape(a)) for _, a in flat]
 
 
-def _pass(model, inputs, dtype, seed, replay, variant=False):
+def projection_objective(model: Any, outputs: Any, dtype: str, seed: int) -> Any:
+    """sum(output * R) over every output tensor, R seeded NumPy normals (identical on both sides), summed with a
+    float64 accumulator: the objective is the harness's, and a float32 sum's own rounding (Paddle's is
+    sequential, paddle_impl/losses/reduction.py) would dominate it."""
+    fw = frameworks.of(model)
+    tensors_out = []
+    flatten_outputs("output", outputs, lambda t: t, tensors_out)
+    proj = _projection([(k, fw.to_numpy(t)) for k, t in tensors_out], seed)
+    return sum(fw.sum64(t * fw.tensor(r.astype(dtype))) for (_, t), r in zip(tensors_out, proj))
+
+
+def _pass(model, inputs, dtype, seed, replay, variant=False, objective_fn=None, keyword=False):
     """The objective's backward on one model of either framework: ({'objective', 'grad.<name>'}, decisions);
     gradients in backward execution order (the parameters from the last defined to the first)."""
     fw = frameworks.of(model)
     fw.set_mode(fw.cast(model, dtype), train=False)
     fw.zero_grad(model)
-    tensors = [fw.tensor(v) for v in _cast_inputs(inputs, dtype).values()]
+    tensors = {k: fw.tensor(v) for k, v in _cast_inputs(inputs, dtype).items()}
     with decisions_of(model, replay=replay) as recorded, \
             (torch_kernel_variant() if variant else contextlib.nullcontext()):
-        out = model(*tensors)
-        tensors_out = []
-        flatten_outputs("output", out, lambda t: t, tensors_out)
-        proj = _projection([(k, fw.to_numpy(t)) for k, t in tensors_out], seed)
-        # summed with a float64 accumulator on both sides: the objective is the harness's, and a float32
-        # sum's own rounding (Paddle's is sequential, paddle_impl/losses/reduction.py) would dominate it
-        objective = sum(fw.sum64(t * fw.tensor(r.astype(dtype))) for (_, t), r in zip(tensors_out, proj))
+        out = call_model(model, tensors, keyword)
+        objective = objective_fn(out) if objective_fn else projection_objective(model, out, dtype, seed)
         fw.backward(objective)
     log = OrderedDict(objective=fw.to_numpy(objective).reshape(1))
     log.update((f"grad.{n}", g) for n, g in reversed(list(fw.grads(model).items())))
@@ -57,19 +64,24 @@ def _pass(model, inputs, dtype, seed, replay, variant=False):
 
 def align_backward(torch_model: Any, paddle_model: Any, inputs: dict[str, np.ndarray], dtype: str,
                    out_dir: str | os.PathLike, seed: int = 0, check: str = "backward",
-                   extra: dict | None = None) -> dict:
-    """Run the objective's backward on both models, compare every parameter gradient, write the report."""
+                   extra: dict | None = None, objective_fns: tuple[Callable, Callable] | None = None,
+                   keyword: bool = False) -> dict:
+    """Run the objective's backward on both models, compare every parameter gradient, write the report.
+
+    objective_fns: (torch loss(outputs), Paddle loss(outputs)) -> scalar, instead of the seeded projection;
+    keyword: call the models with the inputs as keyword arguments (pair files)."""
+    t_obj, p_obj = objective_fns or (None, None)
     if dtype not in ("float32", "float64"):
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     flips = None
     if dtype == "float64":
-        (t, _), (p, _) = (_pass(torch_model, inputs, dtype, seed, None),
-                          _pass(paddle_model, inputs, dtype, seed, None))
+        (t, _), (p, _) = (_pass(torch_model, inputs, dtype, seed, None, False, t_obj, keyword),
+                          _pass(paddle_model, inputs, dtype, seed, None, False, p_obj, keyword))
         results = compare_runs(dtype, t, p)
     else:
         results, t, p, flips = float32_verdicts(
-            lambda dt, replay, variant: _pass(torch_model, inputs, dt, seed, replay, variant),
-            lambda dt, replay: _pass(paddle_model, inputs, dt, seed, replay))
+            lambda dt, replay, variant: _pass(torch_model, inputs, dt, seed, replay, variant, t_obj, keyword),
+            lambda dt, replay: _pass(paddle_model, inputs, dt, seed, replay, False, p_obj, keyword))
         # the objective's float32 value is shown, not judged: it projects every output onto one number, so its
         # noise sums every output's rounding (measured on resnet50 at 1x3x64x80: Paddle 9.4e-5, torch 1.0e-5,
         # while every output element passes align_forward); the gradients are what this check judges
@@ -83,5 +95,9 @@ def align_backward(torch_model: Any, paddle_model: Any, inputs: dict[str, np.nda
     if flips is not None:
         summary_extra["decision_flips"] = flips
     summary_extra.update(extra or {})
+
+    def explain(first):
+        return diagnose(torch_model, paddle_model, "backward", dtype, results, first, t, p,
+                        run_torch=lambda: _pass(torch_model, inputs, dtype, seed, None, False, t_obj, keyword))
     return write_report(out_dir, check, dtype, {k: t[k] for k in results}, {k: p[k] for k in results}, results,
-                        order=list(results), extra=summary_extra)
+                        order=list(results), extra=summary_extra, explain=explain)

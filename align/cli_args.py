@@ -21,6 +21,17 @@ def add_model(p: argparse.ArgumentParser, level: str, required: bool = True, def
                    metavar="MODEL", help=f"one of: {', '.join(choices)}{suffix}")
 
 
+def add_pair(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pair", metavar="FILE.py", help="your own pair: a Python file defining build_pair(dtype) -> "
+                   "(torch_model, paddle_model, inputs) (align/pair_file.py; instead of --model)")
+
+
+def model_or_pair(args: argparse.Namespace) -> None:
+    """Exactly one of --model and --pair (exit 2 otherwise)."""
+    if bool(getattr(args, "model", None)) == bool(getattr(args, "pair", None)):
+        args.parser.error("give one of --model or --pair")
+
+
 def add_dtype(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float64", choices=DTYPES,
                    help="float64 proves semantics, float32 measures rounding (default: float64)")

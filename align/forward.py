@@ -20,6 +20,7 @@ import numpy as np
 
 from align import frameworks
 from align.compare import compare_runs
+from align.explain import diagnose
 from align.hooks import flatten_outputs, match_records, record
 from align.report import write_report
 
@@ -43,6 +44,11 @@ def torch_kernel_variant() -> Iterator[None]:
         torch.backends.mkldnn.enabled = before
 
 
+def call_model(model: Any, tensors: dict, keyword: bool = False) -> Any:
+    """model(**tensors) for pair files (inputs by keyword), else model(*tensors.values()) in dict order."""
+    return model(**tensors) if keyword else model(*tensors.values())
+
+
 def run_side(model: Any, inputs: dict[str, np.ndarray], dtype: str,
              outputs_fn: Callable | None = None) -> tuple[dict[str, np.ndarray], float]:
     """One eval-mode forward of a model of either framework in `dtype`; returns ({key: array} of every named
@@ -52,7 +58,7 @@ def run_side(model: Any, inputs: dict[str, np.ndarray], dtype: str,
     tensors = {k: fw.tensor(v) for k, v in _cast_inputs(inputs, dtype).items()}
     start = time.perf_counter()
     with fw.no_grad(), record(model) as rec:
-        outputs = outputs_fn(model, tensors) if outputs_fn else model(*tensors.values())
+        outputs = outputs_fn(model, tensors) if outputs_fn else call_model(model, tensors)
     seconds = time.perf_counter() - start
     records = rec.records()
     flat = []
@@ -100,6 +106,10 @@ def align_forward(torch_model: Any, paddle_model: Any, inputs: dict[str, np.ndar
     summary_extra = {"unmatched": unmatched, "timings": timings,
                      "inputs": {k: list(np.shape(v)) for k, v in inputs.items()}}
     summary_extra.update(extra or {})
+
+    def explain(first):
+        return diagnose(torch_model, paddle_model, "forward", dtype, results, first, t_rec, p_rec,
+                        run_torch=lambda: run_side(torch_model, inputs, dtype, outputs_fn))
     return write_report(out_dir, check, dtype, {k: t_rec[k] for k in results}, {k: p_rec[k] for k in results},
-                        results, order=list(results), extra=summary_extra)
+                        results, order=list(results), extra=summary_extra, explain=explain)
 

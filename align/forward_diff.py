@@ -51,6 +51,7 @@ def add_arguments(p):
     cli_args.add_out(p)
     cli_args.add_seed(p)
     p.add_argument("--input-shape", type=_shape, help="N,3,H,W (default: the model's own)")
+    cli_args.add_pair(p)
     p.add_argument("--list", action="store_true", help="list the available models")
 
 
@@ -59,15 +60,22 @@ def execute(args):
         for name in zoo.names("forward"):
             print(f"{name:18s} {zoo.get_spec(name).description}")
         return 0
-    if not args.model:
-        args.parser.error("--model is required (or --list)")
+    cli_args.model_or_pair(args)
+    from align.pair_file import PairFileError, load_pair
     from align.runtime import configure_frameworks
     from weights_convert.checkpoint_io import CheckpointError
     configure_frameworks()
     start = time.perf_counter()
     try:
-        summary = run(args.model, args.dtype, args.out, args.weights, args.seed, args.input_shape)
-    except CheckpointError as e:
+        if args.pair:
+            pair = load_pair(args.pair, args.dtype)
+            args.model = pair.name
+            summary = align_forward(pair.torch_model, pair.paddle_model, pair.inputs, args.dtype,
+                                    str(Path(args.out) / pair.name / "forward"), lambda m, t: m(**t),
+                                    check=f"forward:{pair.name}", extra={"pair_file": args.pair})
+        else:
+            summary = run(args.model, args.dtype, args.out, args.weights, args.seed, args.input_shape)
+    except (CheckpointError, PairFileError) as e:
         print(f"forward_diff: error: {e}", file=sys.stderr)
         return 2
     worst = worst_key(summary)

@@ -63,6 +63,11 @@ def render_table(summary: dict) -> str:
         elif "judged_on" in st:
             note += f"  (judged on {st['judged_on']})"
         lines.append(f"{name:<{width}}  {row}  {'ok' if st['passed'] else 'FAIL'}{note}")
+    if summary.get("diagnosis"):
+        from align.explain import describe
+        text = describe(summary["diagnosis"])
+        if text:
+            lines += ["", text]
     for extra_key in ("unmatched", "notes"):
         if summary.get(extra_key):
             lines.append("")
@@ -92,12 +97,15 @@ def environment() -> dict[str, str]:
 
 def write_report(out_dir: str | os.PathLike, check: str, dtype: str, torch_log: dict[str, np.ndarray],
                  paddle_log: dict[str, np.ndarray], results: dict[str, dict], order: Iterable[str] | None = None,
-                 extra: dict | None = None, fp64_max_rel: float | None = None) -> dict:
+                 extra: dict | None = None, fp64_max_rel: float | None = None,
+                 explain: Callable[[str | None], dict] | None = None) -> dict:
     """Write the three report files and return the summary dict.
 
     results: {key: stats dict with at least 'passed'}; order: keys in execution order (first divergence
     is the first failing key in that order); extra: more fields for summary.json; fp64_max_rel: the float64
-    limit the results were checked against, for the rule text (default compare.FP64_MAX_REL).
+    limit the results were checked against, for the rule text (default compare.FP64_MAX_REL); explain:
+    first divergence -> more summary fields (align.explain.diagnose: module classes, locality, known
+    differences).
     """
     if set(torch_log) != set(paddle_log):
         raise ValueError("torch and paddle logs must have identical key sets; differing: "
@@ -123,6 +131,8 @@ def write_report(out_dir: str | os.PathLike, check: str, dtype: str, torch_log: 
             summary[k] = v
         if extra.get("unmatched") and any(extra["unmatched"].values()):
             summary["passed"] = False
+    if explain is not None:
+        summary.update(explain(first))
     os.makedirs(out_dir, exist_ok=True)
     save_reprod_log(os.path.join(out_dir, "torch.npy"), torch_log)
     save_reprod_log(os.path.join(out_dir, "paddle.npy"), paddle_log)

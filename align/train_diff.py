@@ -23,8 +23,9 @@ from align import cli_args  # noqa: E402
 
 
 def add_arguments(p):
-    cli_args.add_model(p, "train")
-    p.add_argument("--steps", type=cli_args.positive_int, default=10)
+    cli_args.add_model(p, "train", required=False)
+    cli_args.add_pair(p)
+    p.add_argument("--steps", type=cli_args.positive_int, default=None, help="(default: 10, a pair file: 3)")
     cli_args.add_dtype(p)
     cli_args.add_data(p)
     cli_args.add_out(p)
@@ -37,13 +38,31 @@ def add_arguments(p):
 
 
 def execute(args):
+    cli_args.model_or_pair(args)
     if args.no_checkpoint and (args.resume or args.keep_checkpoint):
         args.parser.error("--no-checkpoint cannot be combined with --resume or --keep-checkpoint")
+    if args.pair and (args.resume or args.keep_checkpoint or args.data):
+        args.parser.error("--pair trains on the file's batches without checkpoints: no --resume, "
+                          "--keep-checkpoint or --data")
+    from align.pair_file import PairFileError, load_pair
     from align.runtime import configure_frameworks
-    from align.train_align import run_train
+    from align.train_align import align_train, run_train
+    from weights_convert.checkpoint_io import CheckpointError
     configure_frameworks()
-    summary = run_train(args.model, args.steps, args.dtype, args.data, args.out, args.seed, args.resume,
-                        args.keep_checkpoint, checkpoint=not args.no_checkpoint)
+    try:
+        if args.pair:
+            pair = load_pair(args.pair, args.dtype)
+            args.model, args.steps = pair.name, args.steps or 3
+            summary = align_train(pair.torch_model, pair.paddle_model, pair.batches or pair.inputs, args.dtype,
+                                  str(Path(args.out) / pair.name / "train"), args.steps, pair.objective_fns,
+                                  seed=args.seed, keyword=True, check=f"train:{pair.name}")
+        else:
+            args.steps = args.steps or 10
+            summary = run_train(args.model, args.steps, args.dtype, args.data, args.out, args.seed, args.resume,
+                                args.keep_checkpoint, checkpoint=not args.no_checkpoint)
+    except (CheckpointError, PairFileError) as e:
+        print(f"train_diff: error: {e}", file=sys.stderr)
+        return 2
     sec = summary["seconds_per_step"]
     print(f"train_diff {args.model} {args.dtype}: {'PASSED' if summary['passed'] else 'FAILED'} "
           f"({args.steps} steps, first divergence: {summary['first_divergence']}, "

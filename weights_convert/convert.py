@@ -43,26 +43,34 @@ def layout_from_models(torch_model: Any, paddle_model: Any, key_rule: KeyRule | 
         if pk is not None:
             expected[pk] = shape[::-1] if k in linear else shape
     if expected != paddle_shapes:
-        diff = sorted(set(expected.items()) ^ set(paddle_shapes.items()))
-        raise RuntimeError(f"the torch and Paddle twins do not mirror each other: {diff[:20]}")
+        problems = _problems(paddle_shapes, expected, "in Paddle", "Paddle only")
+        raise CheckpointError("the torch and Paddle models do not mirror each other (Paddle names):\n  "
+                              + "\n  ".join(problems))
     return ModelLayout(torch_shapes, paddle_shapes, linear,
                        {k: str(v.dtype).replace("torch.", "") for k, v in torch_state.items()}, key_rule)
 
 
-def check_keys(state, expected_shapes, what):
-    """Raise one CheckpointError listing every missing, unexpected and mis-shaped key."""
-    missing = sorted(set(expected_shapes) - set(state))
-    unexpected = sorted(set(state) - set(expected_shapes))
-    misshaped = sorted(f"{k}: got {tuple(state[k].shape)}, expected {expected_shapes[k]}"
-                       for k in set(state) & set(expected_shapes)
-                       if tuple(state[k].shape) != tuple(expected_shapes[k]))
+def _problems(shapes: dict, expected_shapes: dict, missing_label: str = "", unexpected_label: str = "") -> list[str]:
+    """Every missing, unexpected and mis-shaped key of shapes ({key: shape}) against expected_shapes."""
+    missing = sorted(set(expected_shapes) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected_shapes))
+    misshaped = sorted(f"{k}: got {tuple(shapes[k])}, expected {tuple(expected_shapes[k])}"
+                       for k in set(shapes) & set(expected_shapes) if tuple(shapes[k]) != tuple(expected_shapes[k]))
     problems = []
     if missing:
-        problems.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
+        problems.append(f"missing keys{' ' + missing_label if missing_label else ''} ({len(missing)}): "
+                        f"{', '.join(missing)}")
     if unexpected:
-        problems.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
+        problems.append(f"unexpected keys{' (' + unexpected_label + ')' if unexpected_label else ''} "
+                        f"({len(unexpected)}): {', '.join(unexpected)}")
     if misshaped:
         problems.append(f"mis-shaped keys ({len(misshaped)}): {'; '.join(misshaped)}")
+    return problems
+
+
+def check_keys(state, expected_shapes, what):
+    """Raise one CheckpointError listing every missing, unexpected and mis-shaped key."""
+    problems = _problems({k: tuple(v.shape) for k, v in state.items()}, expected_shapes)
     if problems:
         raise CheckpointError(f"{what} does not fit the model:\n  " + "\n  ".join(problems))
 

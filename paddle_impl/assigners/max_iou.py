@@ -71,7 +71,8 @@ class MaxIoUAssigner:
         gt_inds = paddle.where(max_overlaps >= self.pos_iou_thr, argmax + 1, gt_inds)
         if self.low_quality:
             gt_max = overlaps.max(axis=1, keepdim=True)
-            # '>=' against the max is exact equality; Paddle's float '==' means |a - b| < 1e-8
+            # '>=' against the max is exact equality; Paddle's float '==' has been |a - b| < 1e-8
+            # (earlier releases; align/known_differences.py)
             hit = (overlaps >= gt_max) & (gt_max >= self.min_pos_iou)
             # the loop over gts assigns each anchor to the last gt whose max it attains
             last = paddle.where(hit, gt_range, -1).max(axis=0)
