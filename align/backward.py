@@ -65,7 +65,7 @@ def _pass(model, inputs, dtype, seed, replay, variant=False, objective_fn=None, 
 def align_backward(torch_model: Any, paddle_model: Any, inputs: dict[str, np.ndarray], dtype: str,
                    out_dir: str | os.PathLike, seed: int = 0, check: str = "backward",
                    extra: dict | None = None, objective_fns: tuple[Callable, Callable] | None = None,
-                   keyword: bool = False) -> dict:
+                   keyword: bool = False, save_tensors: str = "failing") -> dict:
     """Run the objective's backward on both models, compare every parameter gradient, write the report.
 
     objective_fns: (torch loss(outputs), Paddle loss(outputs)) -> scalar, instead of the seeded projection;
@@ -100,4 +100,5 @@ def align_backward(torch_model: Any, paddle_model: Any, inputs: dict[str, np.nda
         return diagnose(torch_model, paddle_model, "backward", dtype, results, first, t, p,
                         run_torch=lambda: _pass(torch_model, inputs, dtype, seed, None, False, t_obj, keyword))
     return write_report(out_dir, check, dtype, {k: t[k] for k in results}, {k: p[k] for k in results}, results,
-                        order=list(results), extra=summary_extra, explain=explain)
+                        order=list(results), extra=summary_extra, explain=explain, save_tensors=save_tensors,
+                        plot=True)

@@ -32,6 +32,12 @@ def model_or_pair(args: argparse.Namespace) -> None:
         args.parser.error("give one of --model or --pair")
 
 
+def add_save_tensors(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--save-tensors", default="failing", choices=("failing", "all", "none"),
+                   help="tensors the reprod_log files keep whole: the failing keys and the first divergence "
+                        "(default), all, or none; the others keep their statistics")
+
+
 def add_dtype(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float64", choices=DTYPES,
                    help="float64 proves semantics, float32 measures rounding (default: float64)")

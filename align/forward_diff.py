@@ -22,7 +22,7 @@ from align.forward import align_forward  # noqa: E402
 from align.report import worst_key  # noqa: E402
 
 
-def run(model, dtype="float64", out="reports", weights=None, seed=0, input_shape=None):
+def run(model, dtype="float64", out="reports", weights=None, seed=0, input_shape=None, save_tensors="failing"):
     """Forward alignment of a zoo model; writes out/<model>/forward/ and returns the summary."""
     spec = zoo.get_spec(model)
     torch_model, paddle_model = zoo.build_models(spec, weights, seed)
@@ -31,7 +31,7 @@ def run(model, dtype="float64", out="reports", weights=None, seed=0, input_shape
     return align_forward(torch_model, paddle_model, spec.inputs(seed, shape), dtype,
                          str(Path(out) / model / "forward"), spec.outputs, check=f"forward:{model}",
                          extra={"model": model, "seed": seed, "weights": weights or "seeded init"},
-                         float64_view=view)
+                         float64_view=view, save_tensors=save_tensors)
 
 
 def _shape(text):
@@ -52,6 +52,7 @@ def add_arguments(p):
     cli_args.add_seed(p)
     p.add_argument("--input-shape", type=_shape, help="N,3,H,W (default: the model's own)")
     cli_args.add_pair(p)
+    cli_args.add_save_tensors(p)
     p.add_argument("--list", action="store_true", help="list the available models")
 
 
@@ -72,9 +73,11 @@ def execute(args):
             args.model = pair.name
             summary = align_forward(pair.torch_model, pair.paddle_model, pair.inputs, args.dtype,
                                     str(Path(args.out) / pair.name / "forward"), lambda m, t: m(**t),
-                                    check=f"forward:{pair.name}", extra={"pair_file": args.pair})
+                                    check=f"forward:{pair.name}", extra={"pair_file": args.pair},
+                                    save_tensors=args.save_tensors)
         else:
-            summary = run(args.model, args.dtype, args.out, args.weights, args.seed, args.input_shape)
+            summary = run(args.model, args.dtype, args.out, args.weights, args.seed, args.input_shape,
+                          args.save_tensors)
     except (CheckpointError, PairFileError) as e:
         print(f"forward_diff: error: {e}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ FPN levels) gets one key per call: 'name#0', 'name#1', ... Tuple, list and dict 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import numpy as np
@@ -31,25 +32,35 @@ def flatten_outputs(prefix: str, value: Any, to_numpy: Callable[[Any], np.ndarra
 
 
 class _Recorder:
-    """Collects per-call outputs; `records()` turns them into an ordered {key: ndarray}."""
+    """Collects per-call outputs; `records()` turns them into an ordered {key: ndarray}. With a store
+    (align.store.TensorStore) the arrays go there as they arrive and records() is a view of it; with
+    keep=False nothing is kept (a rerun for its side effects)."""
 
-    def __init__(self, to_numpy):
-        self.to_numpy = to_numpy
-        self.calls = []  # (module name, [(subkey, array)]) in execution order
+    def __init__(self, to_numpy, store=None, keep=True):
+        self.to_numpy, self.store, self.keep = to_numpy, store, keep
+        self.calls = []  # (module name, [(subkey, array or store key)]) in execution order
 
     def hook_for(self, name: str) -> Callable:
         def hook(module, inputs, output):
+            if not self.keep:
+                return
             flat = []
             flatten_outputs("", output, self.to_numpy, flat)
+            if self.store is not None:
+                for i, (sub, arr) in enumerate(flat):
+                    self.store.put(f"{len(self.calls)}:{i}", arr)
+                flat = [(sub, f"{len(self.calls)}:{i}") for i, (sub, _) in enumerate(flat)]
             self.calls.append((name, flat))
         return hook
 
-    def records(self) -> dict[str, np.ndarray]:
-        out = OrderedDict()
+    def records(self) -> Mapping:
+        names = OrderedDict()
         for base, (_, flat) in zip(call_keys([name for name, _ in self.calls]), self.calls):
-            for sub, arr in flat:
-                out[f"{base}.{sub}" if sub else base] = arr
-        return out
+            for sub, value in flat:
+                names[f"{base}.{sub}" if sub else base] = value
+        if self.store is None:
+            return names
+        return self.store.renamed({v: k for k, v in names.items()})
 
 
 def call_keys(names: list[str]) -> list[str]:
@@ -68,9 +79,9 @@ def call_keys(names: list[str]) -> list[str]:
 class record:
     """Context manager: `with record(model) as rec: model(x)`; then `rec.records()`. Either framework."""
 
-    def __init__(self, model):
+    def __init__(self, model, store=None, keep=True):
         self.model, self.fw = model, frameworks.of(model)
-        self.recorder = _Recorder(self.fw.to_numpy)
+        self.recorder = _Recorder(self.fw.to_numpy, store, keep)
         self.handles = []
 
     def __enter__(self):

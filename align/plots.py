@@ -33,3 +33,27 @@ def plot_curves(path, t_log, p_log, steps, title, t64=None, p64=None):
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp)
     plt.close(fig)
+
+
+def plot_divergence(path, summary):
+    """Per key in execution order, the fraction of its tolerance used (log scale), the tolerance (1) and the
+    first divergence marked."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    keys = list(summary["keys"])
+    ratios = np.array([float(summary["keys"][k].get("ratio", 0.0)) for k in keys])
+    fig, ax = plt.subplots(figsize=(11, 4))
+    ax.semilogy(np.arange(len(keys)), np.clip(ratios, 1e-12, None), ".-", lw=0.6, ms=3, label="ratio to tolerance")
+    ax.axhline(1.0, color="red", lw=1, ls="--", label="tolerance")
+    first = summary.get("first_divergence")
+    if first in summary["keys"]:
+        i = keys.index(first)
+        ax.axvline(i, color="orange", lw=1, label=f"first divergence: {first}")
+    ax.set(title=f"{summary.get('check', '')} ({summary['dtype']})", xlabel="key, in execution order",
+           ylabel="fraction of tolerance used")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp)
+    plt.close(fig)

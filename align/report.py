@@ -12,6 +12,7 @@ import math
 import os
 import platform
 import sys
+from collections.abc import Mapping
 from typing import Callable, Iterable
 
 import numpy as np
@@ -19,6 +20,25 @@ from reprod_log import ReprodLogger
 
 from align import compare
 from twin_common.atomic import atomic_path, write_json, write_text
+
+SAVE_TENSORS = ("failing", "all", "none")
+STATS_FIELDS = ("mean", "std", "min", "max", "l2_norm", "size")
+
+
+def tensor_stats(value: np.ndarray) -> np.ndarray:
+    """What a report keeps of a tensor it does not save whole: mean, std, min, max, L2 norm, size (float64)."""
+    a = np.asarray(value, dtype=np.float64).ravel()
+    if not a.size:
+        return np.zeros(len(STATS_FIELDS))
+    return np.array([a.mean(), a.std(), a.min(), a.max(), np.sqrt(a @ a), a.size])
+
+
+def logged_tensors(log: Mapping, results: dict, first: str | None, policy: str) -> tuple[dict, list[str]]:
+    """The reprod_log content of one side: full tensors where the policy keeps them ('all'; 'failing': failing
+    keys and the first divergence; 'none'), STATS_FIELDS elsewhere; and the keys saved whole."""
+    full = [k for k in log if policy == "all" or (policy == "failing" and (k == first or not results[k]["passed"]))]
+    keep = set(full)
+    return {k: (log[k] if k in keep else tensor_stats(log[k])) for k in log}, full
 
 
 def save_reprod_log(path: str | os.PathLike, data: dict[str, np.ndarray]) -> None:
@@ -98,15 +118,20 @@ def environment() -> dict[str, str]:
 def write_report(out_dir: str | os.PathLike, check: str, dtype: str, torch_log: dict[str, np.ndarray],
                  paddle_log: dict[str, np.ndarray], results: dict[str, dict], order: Iterable[str] | None = None,
                  extra: dict | None = None, fp64_max_rel: float | None = None,
-                 explain: Callable[[str | None], dict] | None = None) -> dict:
+                 explain: Callable[[str | None], dict] | None = None, save_tensors: str = "all",
+                 plot: bool = False) -> dict:
     """Write the three report files and return the summary dict.
 
     results: {key: stats dict with at least 'passed'}; order: keys in execution order (first divergence
     is the first failing key in that order); extra: more fields for summary.json; fp64_max_rel: the float64
     limit the results were checked against, for the rule text (default compare.FP64_MAX_REL); explain:
     first divergence -> more summary fields (align.explain.diagnose: module classes, locality, known
-    differences).
+    differences); save_tensors: which tensors the reprod_log files keep whole (SAVE_TENSORS; the others
+    keep tensor_stats, so both files always have the same keys); plot: also divergence.png (per key, in
+    order, the fraction of its tolerance used, the first divergence marked).
     """
+    if save_tensors not in SAVE_TENSORS:
+        raise ValueError(f"save_tensors must be one of {SAVE_TENSORS}, got {save_tensors!r}")
     if set(torch_log) != set(paddle_log):
         raise ValueError("torch and paddle logs must have identical key sets; differing: "
                          f"{sorted(set(torch_log) ^ set(paddle_log))}")
@@ -134,8 +159,16 @@ def write_report(out_dir: str | os.PathLike, check: str, dtype: str, torch_log: 
     if explain is not None:
         summary.update(explain(first))
     os.makedirs(out_dir, exist_ok=True)
-    save_reprod_log(os.path.join(out_dir, "torch.npy"), torch_log)
-    save_reprod_log(os.path.join(out_dir, "paddle.npy"), paddle_log)
+    for name, log in (("torch", torch_log), ("paddle", paddle_log)):
+        data, full = logged_tensors(log, results, first, save_tensors)
+        save_reprod_log(os.path.join(out_dir, f"{name}.npy"), data)
+        del data
+    summary["tensors_saved"] = {"policy": save_tensors, "whole": full,
+                                "others": f"statistics: {', '.join(STATS_FIELDS)}"}
+    if plot:
+        from align.plots import plot_divergence
+        plot_divergence(os.path.join(out_dir, "divergence.png"), summary)
+        summary["plot"] = "divergence.png"
     write_text(os.path.join(out_dir, "diff.txt"), render_table(summary))
     write_json(os.path.join(out_dir, "summary.json"), summary)
     return summary

@@ -107,4 +107,4 @@ def run_backward(name: str, dtype: str = "float64", data: str | os.PathLike | No
                           "float64 replay of each run's own decisions")
     return write_report(str(Path(out) / name / "backward"), f"backward:{name}", dtype,
                         {k: t[k] for k in results}, {k: p[k] for k in results}, results, order=list(results),
-                        extra=extra)
+                        extra=extra, save_tensors="failing", plot=True)

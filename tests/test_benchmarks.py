@@ -21,3 +21,15 @@ def test_bench_losses_quick_runs_and_reports_every_row():
     assert all(line.endswith("n/a (quick)") for key, line in rows.items() if key[1] not in STOCK)
     assert all(rows["GHM-C", name].endswith("fallback, not gated") for name in STOCK)
     assert "paddle / torch time ratio" in proc.stdout
+
+
+def test_bench_align_quick_measures_both_dtypes():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_align.py"), "--quick"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines()[1:]]
+    assert [r[1] for r in rows] == ["float64", "float32"]
+    for r in rows:
+        align_s, plain_s, ratio = float(r[2]), float(r[3]), float(r[4])
+        assert align_s > 0 and plain_s > 0 and abs(ratio - align_s / plain_s) < 0.02
+        assert float(r[7].rstrip("M")) < 5           # statistics, not tensors, for passing keys
