@@ -34,7 +34,12 @@ class TensorStore(Mapping):
             self._items[key] = array.copy()
             return
         path = os.path.join(self.folder, f"{id(self):x}-{len(self._items)}.npy")
-        np.save(path, np.ascontiguousarray(array))
+        try:
+            np.save(path, np.ascontiguousarray(array))
+        except OSError as e:
+            used = sum(os.path.getsize(v) for v in self._items.values() if isinstance(v, str))
+            raise OSError(f"cannot keep the recorded tensors under {self.folder} ({used / 2**30:.1f} GB written "
+                          f"by this run so far): {e}; free disk space there or align a smaller input") from e
         self._items[key] = path
 
     def __getitem__(self, key: str) -> np.ndarray:

@@ -67,8 +67,10 @@ def measure(mode, dtype, shape):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="one small size, targets not checked")
+    ap.add_argument("--only", choices=("coco", "512"), help="one of the two sizes")
     args = ap.parse_args(argv)
     cases = [((1, 3, 128, 160), None)] if args.quick else [((2, 3, 800, 1344), 12 * GB), ((1, 3, 512, 640), 5 * GB)]
+    cases = [c for c in cases if args.only is None or (c[0][0] == 2) == (args.only == "coco")]
     ok = True
     print(f"{'shape':>16} {'dtype':>8} {'align s':>8} {'plain s':>8} {'ratio':>6} {'align RSS':>10} "
           f"{'plain RSS':>10} {'report':>9}  targets")
