@@ -31,5 +31,7 @@ def test_bench_align_quick_measures_both_dtypes():
     assert [r[1] for r in rows] == ["float64", "float32"]
     for r in rows:
         align_s, plain_s, ratio = float(r[2]), float(r[3]), float(r[4])
-        assert align_s > 0 and plain_s > 0 and abs(ratio - align_s / plain_s) < 0.02
+        # the seconds are printed to 0.1 s: the ratio (of the unrounded times) lies within their rounding
+        assert align_s > 0 and plain_s > 0.05
+        assert (align_s - 0.05) / (plain_s + 0.05) <= ratio <= (align_s + 0.05) / (plain_s - 0.05)
         assert float(r[7].rstrip("M")) < 5           # statistics, not tensors, for passing keys
