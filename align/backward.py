@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from align import frameworks
-from align.compare import compare_runs, reported
+from align.compare import check_dtype, compare_runs, reported
 from align.events import decisions_of, float32_verdicts
 from align.explain import diagnose
 from align.forward import _cast_inputs, call_model, torch_kernel_variant
@@ -71,8 +71,7 @@ def align_backward(torch_model: Any, paddle_model: Any, inputs: dict[str, np.nda
     objective_fns: (torch loss(outputs), Paddle loss(outputs)) -> scalar, instead of the seeded projection;
     keyword: call the models with the inputs as keyword arguments (pair files)."""
     t_obj, p_obj = objective_fns or (None, None)
-    if dtype not in ("float32", "float64"):
-        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    check_dtype(dtype)
     flips = None
     if dtype == "float64":
         (t, _), (p, _) = (_pass(torch_model, inputs, dtype, seed, None, False, t_obj, keyword),

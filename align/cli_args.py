@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
-DTYPES = ("float64", "float32")
+from align.compare import DTYPES
 
 
 def add_model(p: argparse.ArgumentParser, level: str, required: bool = True, default: str | None = None) -> None:

@@ -66,6 +66,16 @@ from typing import Sequence
 
 import numpy as np
 
+DTYPES = ("float64", "float32")                       # float64 proves semantics, float32 measures rounding
+
+
+def check_dtype(dtype: str) -> str:
+    """dtype itself, or ValueError naming the accepted ones."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    return dtype
+
+
 THRESHOLDS = json.loads((Path(__file__).with_name("thresholds.json")).read_text())
 FP64_MAX_REL = THRESHOLDS["float64_max_rel"]
 FP64_TRAIN_MAX_REL = THRESHOLDS["float64_train_max_rel"]
@@ -317,8 +327,7 @@ def compare_runs(dtype: str, torch_run: dict[str, np.ndarray], paddle_run: dict[
     {key: array}: torch's float32 runs with its other kernels and their float64 counterparts) widen
     torch's side of it. fp64_max_rel: the float64 limit (training uses FP64_TRAIN_MAX_REL).
     """
-    if dtype not in ("float32", "float64"):
-        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    check_dtype(dtype)
     if dtype == "float32" and (torch_run64 is None or paddle_run64 is None):
         raise ValueError("float32 comparison needs the float64 runs of both frameworks for the noise floor")
     results = {}

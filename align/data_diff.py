@@ -27,7 +27,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from align import cli_args, frameworks  # noqa: E402
-from align.compare import compare_runs  # noqa: E402
+from align.compare import check_dtype, compare_runs  # noqa: E402
 from align.report import worst_key, write_report  # noqa: E402
 from align.synthetic_coco import ensure_synthetic_coco  # noqa: E402
 
@@ -75,8 +75,7 @@ def run_data_diff(data: str | os.PathLike | None = None, batches: int = 2, batch
     """Compare the first `batches` batches of both loaders; writes OUT/data/ and returns the summary."""
     if not isinstance(batches, int) or batches < 1:
         raise ValueError(f"batches must be a positive int, got {batches!r}")
-    if dtype not in ("float32", "float64"):
-        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    check_dtype(dtype)
     if data is None:
         ensure_synthetic_coco(DEFAULT_DATA)
         data = DEFAULT_DATA

@@ -20,13 +20,11 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from align import frameworks
-from align.compare import compare_runs
+from align.compare import check_dtype, compare_runs
 from align.explain import diagnose
 from align.hooks import flatten_outputs, match_records, record
 from align.report import SAVE_TENSORS, write_report
 from align.store import Subset, TensorStore
-
-FLOAT_DTYPES = ("float32", "float64")
 
 
 def _cast_inputs(inputs, dtype):
@@ -67,7 +65,7 @@ def run_side(model: Any, inputs: dict[str, np.ndarray], dtype: str, outputs_fn: 
     flat = []
     flatten_outputs("output", outputs, fw.to_numpy, flat)
     for k, v in flat:
-        records.put(k, v) if store is not None else records.__setitem__(k, v)
+        records.put(k, v)
     return records, seconds
 
 
@@ -86,8 +84,7 @@ def align_forward(torch_model: Any, paddle_model: Any, inputs: dict[str, np.ndar
     first divergence, 'none'); every other key keeps its statistics (align.report). Recorded tensors wait
     on disk under out_dir while the runs compare (align.store), so memory stays one tensor per run.
     """
-    if dtype not in FLOAT_DTYPES:
-        raise ValueError(f"dtype must be one of {FLOAT_DTYPES}, got {dtype!r}")
+    check_dtype(dtype)
     if save_tensors not in SAVE_TENSORS:
         raise ValueError(f"save_tensors must be one of {SAVE_TENSORS}, got {save_tensors!r}")
     stores = []

@@ -10,6 +10,7 @@ zoo spec adds (a detector: head outputs, anchors, post-processed detections). Wr
 DIR/<model>/forward/{torch.npy, paddle.npy, diff.txt, summary.json}; exit status 0 iff the check passed
 (2 for bad arguments or weights).
 """
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -40,7 +41,7 @@ def _shape(text):
     except ValueError:
         shape = ()
     if len(shape) != 4 or shape[1] != 3 or min(shape) < 1:
-        raise cli_args.argparse.ArgumentTypeError(f"must be N,3,H,W, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be N,3,H,W, got {text!r}")
     return shape
 
 

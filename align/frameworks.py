@@ -22,9 +22,20 @@ class Framework:
 
     # tensors ---------------------------------------------------------------------------------------------
     def is_tensor(self, value: Any) -> bool: ...
-    def tensor(self, array: np.ndarray, dtype: str | None = None, requires_grad: bool = False) -> Any: ...
-    def detached_numpy(self, tensor: Any) -> np.ndarray: ...
     def no_grad(self) -> contextlib.AbstractContextManager: ...
+
+    def tensor(self, array: np.ndarray, dtype: str | None = None, requires_grad: bool = False) -> Any:
+        """A CPU tensor of `array`: floating arrays in `dtype` (default: their own) and with requires_grad,
+        integer arrays as int64, anything else (bool) as it is."""
+        array = np.asarray(array, order="C")
+        if np.issubdtype(array.dtype, np.floating):
+            return self._tensor(array.astype(dtype or array.dtype), requires_grad)
+        return self._tensor(array.astype(np.int64) if np.issubdtype(array.dtype, np.integer) else array, False)
+
+    def _tensor(self, array: np.ndarray, requires_grad: bool) -> Any: ...
+
+    def detached_numpy(self, tensor: Any) -> np.ndarray:
+        return tensor.detach().cpu().numpy()
 
     def to_numpy(self, value: Any) -> np.ndarray | None:
         """A NumPy copy of a tensor (safe against later in-place ops); arrays pass through; else None."""
@@ -41,7 +52,8 @@ class Framework:
 
     def grad_of(self, tensor: Any, shape: tuple) -> np.ndarray:
         """The gradient accumulated on an input tensor, zeros where it has none."""
-        ...
+        g = tensor.grad if self.is_tensor(tensor) and self.requires_grad(tensor) else None
+        return np.zeros(shape) if g is None else self.to_numpy(g)
 
     def dtype_name(self, tensor: Any) -> str:
         """'float32', 'float64', 'int64', ... of a tensor."""
@@ -66,7 +78,9 @@ class Framework:
 
     relu_type: type
     def named_trainable(self, model: Any) -> list[tuple[str, Any]]: ...
-    def state_dict(self, module: Any) -> dict: ...
+    def state_dict(self, module: Any) -> dict:
+        return module.state_dict()
+
     def load_state_dict(self, module: Any, state: dict) -> None: ...
 
     def numpy_state(self, module: Any) -> dict[str, np.ndarray]:
@@ -96,24 +110,14 @@ class TorchFramework(Framework):
     def is_tensor(self, value):
         return isinstance(value, self.torch.Tensor)
 
-    def tensor(self, array, dtype=None, requires_grad=False):
-        array = np.asarray(array, order="C")
-        if np.issubdtype(array.dtype, np.floating):
-            return self.torch.tensor(array.astype(dtype or array.dtype)).requires_grad_(requires_grad)
-        return self.torch.tensor(array.astype(np.int64) if np.issubdtype(array.dtype, np.integer) else array)
-
-    def detached_numpy(self, tensor):
-        return tensor.detach().cpu().numpy()
+    def _tensor(self, array, requires_grad):
+        return self.torch.tensor(array).requires_grad_(requires_grad)
 
     def no_grad(self):
         return self.torch.no_grad()
 
     def sum64(self, tensor):
         return tensor.sum(dtype=self.torch.float64)
-
-    def grad_of(self, tensor, shape):
-        g = tensor.grad if self.is_tensor(tensor) and tensor.requires_grad else None
-        return np.zeros(shape) if g is None else self.to_numpy(g)
 
     def requires_grad(self, tensor):
         return bool(tensor.requires_grad)
@@ -139,9 +143,6 @@ class TorchFramework(Framework):
 
     def named_trainable(self, model):
         return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-
-    def state_dict(self, module):
-        return module.state_dict()
 
     def load_state_dict(self, module, state):
         module.load_state_dict(state)
@@ -185,28 +186,16 @@ class PaddleFramework(Framework):
     def is_tensor(self, value):
         return isinstance(value, self.paddle.Tensor)
 
-    def tensor(self, array, dtype=None, requires_grad=False):
-        array = np.asarray(array, order="C")
-        if np.issubdtype(array.dtype, np.floating):
-            t = self.paddle.to_tensor(array.astype(dtype or array.dtype), place=self.paddle.CPUPlace())
-            t.stop_gradient = not requires_grad
-            return t
-        if np.issubdtype(array.dtype, np.integer):
-            array = array.astype(np.int64)
-        return self.paddle.to_tensor(array, place=self.paddle.CPUPlace())
-
-    def detached_numpy(self, tensor):
-        return tensor.detach().cpu().numpy()
+    def _tensor(self, array, requires_grad):
+        t = self.paddle.to_tensor(array, place=self.paddle.CPUPlace())
+        t.stop_gradient = not requires_grad
+        return t
 
     def no_grad(self):
         return self.paddle.no_grad()
 
     def sum64(self, tensor):
         return tensor.sum(dtype="float64")
-
-    def grad_of(self, tensor, shape):
-        g = tensor.grad if self.is_tensor(tensor) and not tensor.stop_gradient else None
-        return np.zeros(shape) if g is None else self.to_numpy(g)
 
     def requires_grad(self, tensor):
         return not tensor.stop_gradient
@@ -234,9 +223,6 @@ class PaddleFramework(Framework):
 
     def named_trainable(self, model):
         return [(n, p) for n, p in model.named_parameters() if not p.stop_gradient]
-
-    def state_dict(self, module):
-        return module.state_dict()
 
     def load_state_dict(self, module, state):
         module.set_state_dict(state)

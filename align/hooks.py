@@ -7,13 +7,12 @@ FPN levels) gets one key per call: 'name#0', 'name#1', ... Tuple, list and dict 
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Mapping
 from typing import Any, Callable
 
 import numpy as np
 
 from align import frameworks
+from align.store import TensorStore
 
 
 def flatten_outputs(prefix: str, value: Any, to_numpy: Callable[[Any], np.ndarray | None],
@@ -32,13 +31,14 @@ def flatten_outputs(prefix: str, value: Any, to_numpy: Callable[[Any], np.ndarra
 
 
 class _Recorder:
-    """Collects per-call outputs; `records()` turns them into an ordered {key: ndarray}. With a store
-    (align.store.TensorStore) the arrays go there as they arrive and records() is a view of it; with
-    keep=False nothing is kept (a rerun for its side effects)."""
+    """Collects per-call outputs into a store (align.store.TensorStore: on disk, or in memory by default) as
+    they arrive; `records()` is that store under the final keys. keep=False keeps nothing (a rerun for its
+    side effects)."""
 
     def __init__(self, to_numpy, store=None, keep=True):
-        self.to_numpy, self.store, self.keep = to_numpy, store, keep
-        self.calls = []  # (module name, [(subkey, array or store key)]) in execution order
+        self.to_numpy, self.keep = to_numpy, keep
+        self.store = store if store is not None else TensorStore()
+        self.calls = []  # (module name, [(subkey, store key)]) in execution order
 
     def hook_for(self, name: str) -> Callable:
         def hook(module, inputs, output):
@@ -46,21 +46,17 @@ class _Recorder:
                 return
             flat = []
             flatten_outputs("", output, self.to_numpy, flat)
-            if self.store is not None:
-                for i, (sub, arr) in enumerate(flat):
-                    self.store.put(f"{len(self.calls)}:{i}", arr)
-                flat = [(sub, f"{len(self.calls)}:{i}") for i, (sub, _) in enumerate(flat)]
-            self.calls.append((name, flat))
+            for i, (_, arr) in enumerate(flat):
+                self.store.put(f"{len(self.calls)}:{i}", arr)
+            self.calls.append((name, [(sub, f"{len(self.calls)}:{i}") for i, (sub, _) in enumerate(flat)]))
         return hook
 
-    def records(self) -> Mapping:
-        names = OrderedDict()
+    def records(self) -> TensorStore:
+        names = {}
         for base, (_, flat) in zip(call_keys([name for name, _ in self.calls]), self.calls):
-            for sub, value in flat:
-                names[f"{base}.{sub}" if sub else base] = value
-        if self.store is None:
-            return names
-        return self.store.renamed({v: k for k, v in names.items()})
+            for sub, stored in flat:
+                names[stored] = f"{base}.{sub}" if sub else base
+        return self.store.renamed(names)
 
 
 def call_keys(names: list[str]) -> list[str]:

@@ -8,14 +8,19 @@ showing the framework still behaves so (tests/test_known_differences.py and the 
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
-_N = np.arange(1, 1 << 20, dtype=np.float64)
-# n * float32(1/n) - 1 for every map size n up to 2^20: the relative scale a float32 1/(H*W) puts on a gradient
-_FLOAT32_MEAN_SCALES = _N * (1.0 / _N).astype(np.float32).astype(np.float64) - 1.0
+
+@functools.lru_cache(maxsize=1)
+def _float32_mean_scales() -> np.ndarray:
+    """n * float32(1/n) - 1 for every map size n up to 2^20: the relative scale a float32 1/(H*W) puts on a
+    gradient (computed once, when a signature first needs it)."""
+    n = np.arange(1, 1 << 20, dtype=np.float64)
+    return n * (1.0 / n).astype(np.float32).astype(np.float64) - 1.0
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,7 @@ def _adaptive_pool_backward(ctx: Context) -> str | None:
     scale = _uniform_scale(ctx)
     if scale is None or scale == 1.0:
         return None
-    hit = np.isclose(_FLOAT32_MEAN_SCALES, scale - 1.0, rtol=1e-6, atol=1e-15).any()
+    hit = np.isclose(_float32_mean_scales(), scale - 1.0, rtol=1e-6, atol=1e-15).any()
     return _first(ctx, "AdaptiveAvgPool2D") if hit else None
 
 

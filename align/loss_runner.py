@@ -30,12 +30,18 @@ from collections import OrderedDict
 import numpy as np
 
 from align import frameworks
-from align.compare import check_exact, check_exact_events, check_float32, check_float32_events, check_float64
+from align.compare import (
+    check_dtype,
+    check_exact,
+    check_exact_events,
+    check_float32,
+    check_float32_events,
+    check_float64,
+)
 from align.loss_specs import LossCase, LossSpec
 from align.report import save_reprod_log, write_report
 
 LOSS_NAMES = ("focal", "ghmc", "ghmr", "aploss", "smooth_l1", "balanced_l1", "varifocal", "giou", "dfl")
-DTYPES = ("float32", "float64")
 SECTIONS = (("outputs", "loss"), ("grads", "grad"), ("state", "state"), ("diag", "bins"))
 
 
@@ -193,8 +199,7 @@ def _step_of(key):
 
 def run_spec(spec: LossSpec, dtype: str = "float64", out: str = "reports", seed: int = 0) -> dict:
     """Run every case of `spec` in `dtype`; write DIR/losses/<name>/ and return the summary."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    check_dtype(dtype)
     sides = {fw.name: fw for fw in frameworks.pair()}
     cases = spec.make_cases(np.random.default_rng(seed))
     torch_log, paddle_log, numpy_log, results = OrderedDict(), OrderedDict(), OrderedDict(), OrderedDict()

@@ -11,9 +11,8 @@ import sys
 from dataclasses import dataclass, field
 
 from align import zoo
-from align.compare import limits_for
+from align.compare import DTYPES, limits_for
 
-DTYPES = ("float64", "float32")
 # float32 forward checks rerun with torch's oneDNN capped at AVX2, as on a CPU without AVX-512: the float32
 # verdict must not depend on the CPU (align/compare.py)
 ISA_RERUNS = {"float32-avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2"}}

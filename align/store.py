@@ -21,17 +21,20 @@ IN_MEMORY_BYTES = 1 << 20          # tensors below 1 MB are kept in memory
 
 
 class TensorStore(Mapping):
-    """An ordered {key: ndarray} whose large arrays live on disk under `folder` (a fresh temp folder)."""
+    """An ordered {key: ndarray} whose large arrays live on disk under `folder` (a fresh temp folder);
+    folder None keeps every array in memory."""
 
-    def __init__(self, folder: str | os.PathLike):
-        os.makedirs(folder, exist_ok=True)
-        self.folder = tempfile.mkdtemp(prefix="tensors-", dir=folder)
+    def __init__(self, folder: str | os.PathLike | None = None):
+        if folder is not None:
+            os.makedirs(folder, exist_ok=True)
+            folder = tempfile.mkdtemp(prefix="tensors-", dir=folder)
+        self.folder = folder
         self._items: OrderedDict = OrderedDict()
 
     def put(self, key: str, array: np.ndarray) -> None:
         array = np.asarray(array)
-        if array.nbytes < IN_MEMORY_BYTES:
-            self._items[key] = array.copy()
+        if self.folder is None or array.nbytes < IN_MEMORY_BYTES:
+            self._items[key] = array          # the callers hand over copies of their own
             return
         path = os.path.join(self.folder, f"{id(self):x}-{len(self._items)}.npy")
         try:
@@ -60,7 +63,8 @@ class TensorStore(Mapping):
         return out
 
     def close(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class Subset(Mapping):

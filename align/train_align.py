@@ -24,7 +24,7 @@ import numpy as np
 
 from align import frameworks, known_differences
 from align.backward import projection_objective
-from align.compare import FP64_TRAIN_MAX_REL, compare_runs, judge_after_first_step, rule_text
+from align.compare import FP64_TRAIN_MAX_REL, check_dtype, compare_runs, judge_after_first_step, rule_text
 from align.forward import call_model
 from align.plots import plot_curves
 from align.progress import progress
@@ -166,10 +166,10 @@ def align_train(torch_model: Any, paddle_model: Any, batches: Callable[[int], di
     Paddle model starting from the torch model's weights; logs per step what train_diff logs and judges it
     by the same rules. batches: step -> {name: ndarray}, or one dict for every step; objective_fns: (torch
     loss(outputs), Paddle loss(outputs)), default the seeded projection of the outputs (seed + step).
-    In float32 both models also train in float64 from the same start, for the noise floor."""
+    In float32 both models also train in float64 from the same start, for the noise floor. The models are
+    left as the last run trained them."""
     from weights_convert.transfer import copy_torch_to_paddle
-    if dtype not in ("float32", "float64"):
-        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    check_dtype(dtype)
     recipe = recipe or Recipe(base_lr=0.01, warmup_steps=0, decay_steps=())
     t_obj, p_obj = objective_fns or (None, None)
     train = TrainSpec(lambda m, n: None, lambda m, n: None,
@@ -177,7 +177,7 @@ def align_train(torch_model: Any, paddle_model: Any, batches: Callable[[int], di
                       no_decay=lambda name: name.endswith("bias"))
     get_batch = batches if callable(batches) else (lambda step: batches)
     t_fw = frameworks.of(torch_model)
-    start = {k: v.copy() for k, v in t_fw.numpy_state(torch_model).items()}
+    start = t_fw.numpy_state(torch_model)              # both dtypes' runs start from these weights
 
     def run(run_dtype):
         t_fw.load_state_dict(torch_model, {k: t_fw.tensor(v) for k, v in start.items()})
@@ -196,6 +196,4 @@ def align_train(torch_model: Any, paddle_model: Any, batches: Callable[[int], di
         return logs[0], logs[1], {s.fw.name: s.seconds / steps for s in sides}
     t, p, sec = run(dtype)
     t64, p64 = run("float64")[:2] if dtype == "float32" else (None, None)
-    if dtype == "float32":
-        t_fw.load_state_dict(torch_model, {k: t_fw.tensor(v) for k, v in start.items()})
     return train_report(out_dir, check, dtype, t, p, t64, p64, steps, recipe, sec, {})

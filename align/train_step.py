@@ -28,7 +28,7 @@ from align.events import decisions_of, float32_verdicts
 from align.forward import torch_kernel_variant
 from align.report import write_report
 from align.train_data import first_batches
-from align.training import build_training_pair, training_losses
+from align.training import build_training_pair, training_loss
 from align.zoo import ModelSpec, build_models, get_spec
 
 
@@ -58,7 +58,7 @@ class StepRunner:
         model, batch = (t_model, t_batch) if index == 0 else (p_model, p_batch)
         fw = frameworks.of(model)
         fw.zero_grad(model)
-        loss = training_losses(self.spec, self.num_classes, t_model, p_model, dtype)[index]
+        loss = training_loss(self.spec, self.num_classes, model, dtype)
         with decisions_of(model, loss, dtype, replay) as decisions, \
                 (torch_kernel_variant() if variant else contextlib.nullcontext()):
             terms = self.spec.train.step_losses(model, loss, batch)

@@ -68,19 +68,15 @@ def build_training_pair(spec: ModelSpec, num_classes: int, seed: int = 0,
     copy_torch_to_paddle(t_model, p_model, spec.key_rule)
     for model in (t_model, p_model):
         frameworks.of(model).cast(model, dtype)
-    t_loss, p_loss = training_losses(spec, num_classes, t_model, p_model, dtype)
-    return t_model, t_loss, p_model, p_loss
+    return t_model, training_loss(spec, num_classes, t_model, dtype), p_model, \
+        training_loss(spec, num_classes, p_model, dtype)
 
 
-def training_losses(spec: ModelSpec, num_classes: int, t_model: Any, p_model: Any,
-                    dtype: str) -> tuple[Any, Any]:
-    """Fresh (torch loss, paddle loss) of a spec, in dtype (GHM's momentum state at zero)."""
-    train = _train_spec(spec)
-    t_loss = train.build_torch_loss(t_model, num_classes)
-    p_loss = train.build_paddle_loss(p_model, num_classes)
-    for loss in (t_loss, p_loss):
-        frameworks.of(loss).cast(loss, dtype)
-    return t_loss, p_loss
+def training_loss(spec: ModelSpec, num_classes: int, model: Any, dtype: str) -> Any:
+    """A fresh loss module of a spec for one side's model, in dtype (GHM's momentum state at zero)."""
+    fw = frameworks.of(model)
+    loss = getattr(_train_spec(spec), f"build_{fw.name}_loss")(model, num_classes)
+    return frameworks.of(loss).cast(loss, dtype)
 
 
 def loss_state(loss_module: Any) -> dict[str, np.ndarray]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
@@ -92,9 +92,6 @@ class ModelSpec:
 
     def inputs(self, seed: int = 0, shape: tuple | None = None) -> dict[str, np.ndarray]:
         return self.make_inputs(tuple(shape or self.input_shape), seed)
-
-    def with_kwargs(self, **kwargs) -> "ModelSpec":
-        return replace(self, kwargs={**self.kwargs, **kwargs})
 
 
 MODELS: dict[str, ModelSpec] = {}
