@@ -85,13 +85,17 @@ METRIC_MAX_ABS = {"float64": THRESHOLDS["metric_float64_max_abs"], "float32": TH
 
 
 def _f64(x):
-    return np.asarray(x).astype(np.float64)
+    return np.asarray(x, dtype=np.float64)          # no copy when it already is float64
 
 
 def _ratio(value, limit):
     if limit > 0:
         return value / limit
     return 0.0 if value == 0 else float("inf")
+
+
+def _abs_max(a):
+    return float(max(a.max(), -a.min()))
 
 
 def diff_stats(reference: np.ndarray, other: np.ndarray) -> dict:
@@ -105,19 +109,26 @@ def diff_stats(reference: np.ndarray, other: np.ndarray) -> dict:
                 "shape_mismatch": [list(ref.shape), list(oth.shape)]}
     if ref.size == 0:
         return {"max_abs": 0.0, "mean_abs": 0.0, "max_rel": 0.0}
+    d = np.subtract(ref, oth)
+    np.abs(d, out=d)
+    if np.isfinite(d.sum()):          # the common case, in four passes: both sides finite everywhere
+        return _stats_of(float(d.max()), float(d.mean()), _abs_max(ref), None)
     finite = np.isfinite(ref) & np.isfinite(oth)
     same_nonfinite = (~finite) & ((ref == oth) | (np.isnan(ref) & np.isnan(oth)))
     if not np.all(finite | same_nonfinite):
         return {"max_abs": float("inf"), "mean_abs": float("inf"), "max_rel": float("inf"),
                 "nonfinite_mismatch": int(np.sum(~(finite | same_nonfinite)))}
-    d = np.abs(ref - oth)[finite]
-    scale = float(np.max(np.abs(ref[finite]))) if d.size else 0.0
-    max_abs = float(d.max()) if d.size else 0.0
-    mean_abs = float(d.mean()) if d.size else 0.0
+    d = d[finite]
+    if not d.size:
+        return _stats_of(0.0, 0.0, 0.0, int(np.sum(~finite)))
+    return _stats_of(float(d.max()), float(d.mean()), _abs_max(ref[finite]), int(np.sum(~finite)) or None)
+
+
+def _stats_of(max_abs, mean_abs, scale, nonfinite):
     stats = {"max_abs": max_abs, "mean_abs": mean_abs, "max_rel": _ratio(max_abs, scale) if scale else
              (0.0 if max_abs == 0 else float("inf"))}
-    if not finite.all():
-        stats["nonfinite"] = int(np.sum(~finite))
+    if nonfinite:
+        stats["nonfinite"] = nonfinite
     return stats
 
 
@@ -128,21 +139,30 @@ def check_float64(reference: np.ndarray, other: np.ndarray, max_rel: float = FP6
     return stats
 
 
-def _max_abs(a, b):
+def max_abs_diff(a, b) -> float:
+    """max |a - b| over the elements where it is finite (inf for differing shapes)."""
     a, b = _f64(a), _f64(b)
     if a.shape != b.shape:
         return float("inf")
     if a.size == 0:
         return 0.0
-    d = np.abs(a - b)
+    d = np.subtract(a, b)
+    np.abs(d, out=d)
+    if np.isfinite(d.sum()):
+        return float(d.max())
     d = d[np.isfinite(d)]
     return float(d.max()) if d.size else 0.0
 
 
-def _scale(ref):
+def scale_of(ref) -> float:
+    """max |ref| over its finite elements."""
     ref = _f64(ref)
+    if not ref.size:
+        return 0.0
+    if np.isfinite(ref.sum()):
+        return _abs_max(ref)
     finite = ref[np.isfinite(ref)]
-    return float(np.max(np.abs(finite))) if finite.size else 0.0
+    return _abs_max(finite) if finite.size else 0.0
 
 
 def _floor_fields(noise_torch, noise_alt, noise_paddle, scale, multiple):
@@ -161,14 +181,24 @@ def check_float32(torch32: np.ndarray, paddle32: np.ndarray, torch64: np.ndarray
     """The float32 rule (module docstring). torch_variants: (float32 value, its float64 counterpart) pairs
     of torch's runs with its other legitimate kernels, same weights and inputs; they widen torch's side of
     the floor to its envelope."""
-    stats = diff_stats(torch32, paddle32)
-    scale = _scale(torch64)
+    return float32_verdict(diff_stats(torch32, paddle32), scale_of(torch64), max_abs_diff(torch32, torch64),
+                           [max_abs_diff(v, r) for v, r in torch_variants], max_abs_diff(paddle32, paddle64),
+                           diff_stats(torch64, paddle64)["max_rel"], multiple, fp64_max_rel)
+
+
+def float32_verdict(cross: dict, scale: float, noise_torch: float, noise_alt: Sequence[float],
+                    noise_paddle: float, float64_max_rel: float, multiple: float = NOISE_MULTIPLE,
+                    fp64_max_rel: float = FP64_MAX_REL) -> dict:
+    """check_float32 from its parts, each measured when its runs were at hand (align/forward.py compares
+    runs as they arrive): cross = diff_stats(torch32, paddle32), scale = max|torch64|, the noises are
+    max|float32 - float64| of torch, of torch's other kernels and of Paddle, float64_max_rel that of
+    diff_stats(torch64, paddle64)."""
+    stats = dict(cross)
     if scale > 0 and np.isfinite(stats["max_abs"]):
         stats["max_rel"] = stats["max_abs"] / scale
-    stats.update(_floor_fields(_max_abs(torch32, torch64), [_max_abs(v, r) for v, r in torch_variants],
-                               _max_abs(paddle32, paddle64), scale, multiple))
+    stats.update(_floor_fields(noise_torch, list(noise_alt), noise_paddle, scale, multiple))
     stats["ratio_to_floor"] = _ratio(stats["max_abs"], stats["noise_floor"])
-    stats["float64_max_rel"] = diff_stats(torch64, paddle64)["max_rel"]
+    stats["float64_max_rel"] = float64_max_rel
     return _judge_float32(stats, "float32", stats["max_abs"], multiple, fp64_max_rel)
 
 
@@ -184,12 +214,12 @@ def check_float32_events(torch32: np.ndarray, paddle32: np.ndarray, ref_torch: n
     if "shape_mismatch" in stats or "nonfinite_mismatch" in stats:
         stats.update(rule="float32-events", passed=False, ratio=float("inf"))
         return stats
-    scale = _scale(ref_t)
+    scale = scale_of(ref_t)
     if scale > 0 and np.isfinite(stats["max_abs"]):
         stats["max_rel"] = stats["max_abs"] / scale
-    residual = _max_abs(t32 - p32, ref_t - ref_p)
-    stats.update(_floor_fields(_max_abs(t32, ref_t), [_max_abs(v, r) for v, r in torch_variants],
-                               _max_abs(p32, ref_p), scale, multiple))
+    residual = max_abs_diff(t32 - p32, ref_t - ref_p)
+    stats.update(_floor_fields(max_abs_diff(t32, ref_t), [max_abs_diff(v, r) for v, r in torch_variants],
+                               max_abs_diff(p32, ref_p), scale, multiple))
     stats.update(residual_abs=residual, ratio_to_floor=_ratio(residual, stats["noise_floor"]),
                  events={k: int(v) for k, v in events.items()},
                  float64_max_rel=diff_stats(torch64, paddle64)["max_rel"])

@@ -19,6 +19,7 @@ class Framework:
     """The interface; TorchFramework and PaddleFramework implement it."""
 
     name: str = ""
+    numpy_copies: bool = False   # whether detached_numpy already hands back a copy of the tensor's memory
 
     # tensors ---------------------------------------------------------------------------------------------
     def is_tensor(self, value: Any) -> bool: ...
@@ -39,8 +40,16 @@ class Framework:
 
     def to_numpy(self, value: Any) -> np.ndarray | None:
         """A NumPy copy of a tensor (safe against later in-place ops); arrays pass through; else None."""
+        array = self.numpy_view(value)
+        if array is None or not self.is_tensor(value) or self.numpy_copies:
+            return array
+        return array.copy()
+
+    def numpy_view(self, value: Any) -> np.ndarray | None:
+        """A tensor's values as NumPy, possibly sharing its memory (read it before the tensor can change);
+        arrays pass through; else None."""
         if self.is_tensor(value):
-            return self.detached_numpy(value).copy()
+            return self.detached_numpy(value)
         return value if isinstance(value, np.ndarray) else None
 
     def sum64(self, tensor: Any) -> Any:
@@ -178,6 +187,7 @@ class TorchFramework(Framework):
 
 class PaddleFramework(Framework):
     name = "paddle"
+    numpy_copies = True        # Tensor.numpy() copies on CPU (tests/test_architecture.py checks it still does)
 
     def __init__(self) -> None:
         import paddle

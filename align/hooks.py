@@ -3,7 +3,8 @@
 Names are the frameworks' own dotted names (named_modules / named_sublayers), so the two sides are matched
 by name, never by definition order. A submodule called more than once in a forward (a head shared across
 FPN levels) gets one key per call: 'name#0', 'name#1', ... Tuple, list and dict outputs are flattened into
-'name.0', 'name.key', ... Outputs are copied to NumPy at hook time, so later in-place ops cannot alter them.
+'name.0', 'name.key', ... Outputs are copied at hook time (by the store, or read by the sink there and then),
+so later in-place ops cannot alter them.
 """
 from __future__ import annotations
 
@@ -31,14 +32,16 @@ def flatten_outputs(prefix: str, value: Any, to_numpy: Callable[[Any], np.ndarra
 
 
 class _Recorder:
-    """Collects per-call outputs into a store (align.store.TensorStore: on disk, or in memory by default) as
-    they arrive; `records()` is that store under the final keys. keep=False keeps nothing (a rerun for its
-    side effects)."""
+    """Collects per-call outputs as they arrive into a store (align.store.TensorStore: in memory by default);
+    `records()` is that store under the final keys. With a sink, each output goes to sink(key, array) at once
+    instead, keyed as the reference run's calls (`counts`: {module: calls} of that run), so a run can be
+    compared while it runs; `keys()` lists them. keep=False keeps nothing (a rerun for its side effects)."""
 
-    def __init__(self, to_numpy, store=None, keep=True):
-        self.to_numpy, self.keep = to_numpy, keep
+    def __init__(self, to_numpy, store=None, keep=True, sink=None, counts=None):
+        self.to_numpy, self.keep, self.sink, self.reference = to_numpy, keep, sink, counts or {}
         self.store = store if store is not None else TensorStore()
         self.calls = []  # (module name, [(subkey, store key)]) in execution order
+        self.counts: dict[str, int] = {}
 
     def hook_for(self, name: str) -> Callable:
         def hook(module, inputs, output):
@@ -46,10 +49,23 @@ class _Recorder:
                 return
             flat = []
             flatten_outputs("", output, self.to_numpy, flat)
+            k = self.counts.get(name, 0)
+            self.counts[name] = k + 1
+            if self.sink is not None:
+                base = f"{name}#{k}" if k or self.reference.get(name, 1) > 1 else name
+                keys = [f"{base}.{sub}" if sub else base for sub, _ in flat]
+                for key, (_, arr) in zip(keys, flat):
+                    self.sink(key, arr)
+                self.calls.append((name, list(zip(keys, keys))))
+                return
             for i, (_, arr) in enumerate(flat):
                 self.store.put(f"{len(self.calls)}:{i}", arr)
             self.calls.append((name, [(sub, f"{len(self.calls)}:{i}") for i, (sub, _) in enumerate(flat)]))
         return hook
+
+
+    def keys(self) -> list[str]:
+        return [key for _, flat in self.calls for _, key in flat]
 
     def records(self) -> TensorStore:
         names = {}
@@ -75,9 +91,9 @@ def call_keys(names: list[str]) -> list[str]:
 class record:
     """Context manager: `with record(model) as rec: model(x)`; then `rec.records()`. Either framework."""
 
-    def __init__(self, model, store=None, keep=True):
+    def __init__(self, model, store=None, keep=True, sink=None, counts=None):
         self.model, self.fw = model, frameworks.of(model)
-        self.recorder = _Recorder(self.fw.to_numpy, store, keep)
+        self.recorder = _Recorder(self.fw.numpy_view, store, keep, sink, counts)   # the store copies
         self.handles = []
 
     def __enter__(self):

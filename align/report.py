@@ -19,18 +19,10 @@ import numpy as np
 from reprod_log import ReprodLogger
 
 from align import compare
+from align.store import STATS_FIELDS, tensor_stats
 from twin_common.atomic import atomic_path, write_json, write_text
 
 SAVE_TENSORS = ("failing", "all", "none")
-STATS_FIELDS = ("mean", "std", "min", "max", "l2_norm", "size")
-
-
-def tensor_stats(value: np.ndarray) -> np.ndarray:
-    """What a report keeps of a tensor it does not save whole: mean, std, min, max, L2 norm, size (float64)."""
-    a = np.asarray(value, dtype=np.float64).ravel()
-    if not a.size:
-        return np.zeros(len(STATS_FIELDS))
-    return np.array([a.mean(), a.std(), a.min(), a.max(), np.sqrt(a @ a), a.size])
 
 
 def logged_tensors(log: Mapping, results: dict, first: str | None, policy: str) -> tuple[dict, list[str]]:
@@ -38,7 +30,10 @@ def logged_tensors(log: Mapping, results: dict, first: str | None, policy: str) 
     keys and the first divergence; 'none'), STATS_FIELDS elsewhere; and the keys saved whole."""
     full = [k for k in log if policy == "all" or (policy == "failing" and (k == first or not results[k]["passed"]))]
     keep = set(full)
-    return {k: (log[k] if k in keep else tensor_stats(log[k])) for k in log}, full
+
+    def stats(k):
+        return log.stats(k) if hasattr(log, "stats") else tensor_stats(log[k])
+    return {k: (log[k] if k in keep else stats(k)) for k in log}, full
 
 
 def save_reprod_log(path: str | os.PathLike, data: dict[str, np.ndarray]) -> None:

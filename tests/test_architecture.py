@@ -164,6 +164,19 @@ def test_frameworks_adapter_round_trips_and_names_gradients_alike():
     np.testing.assert_allclose(t_grads["weight"], p_grads["weight"], rtol=1e-15)
 
 
+def test_recorded_outputs_are_copies_safe_from_in_place_ops():
+    """The hooks keep to_numpy's arrays; an in-place op after the hook must not reach them. Paddle's
+    Tensor.numpy() copies on CPU, so the adapter skips a second copy there (numpy_copies): if Paddle ever
+    returns a view, this fails."""
+    for fw in frameworks.pair():
+        t = fw.tensor(np.ones((2, 3)))
+        kept = fw.to_numpy(t)
+        with fw.no_grad():
+            t.multiply_(fw.tensor(np.full((2, 3), 5.0))) if fw.name == "paddle" else t.mul_(5.0)
+        np.testing.assert_array_equal(kept, np.ones((2, 3)))
+        np.testing.assert_array_equal(fw.to_numpy(t), np.full((2, 3), 5.0))
+
+
 # --- a toy family, registered from here alone: it must appear in list, the manifest and forward alignment --
 
 def _toy_torch(channels=4):
