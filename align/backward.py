@@ -1,11 +1,14 @@
-"""Backward alignment of any (torch module, paddle layer) pair: every parameter gradient, matched by name.
+"""Backward alignment of any (torch module, paddle layer) pair: every parameter gradient and every module's
+output gradient, matched by name.
 
     summary = align_backward(torch_model, paddle_model, {"x": array}, "float64", "reports/mymodel/backward")
 
 Both models run in eval mode on the same inputs; the objective is a seeded random projection of the
 outputs, sum(output * R) with R drawn from NumPy (identical on both sides), unless objective_fns are given.
-Gradients are logged as "grad.<Paddle parameter name>" in backward execution order (parameters from the last
-used to the first, as torch lists them reversed), after the objective ("objective"). In float32: torch's
+Logged after the objective ("objective"), in backward execution order: the gradient reaching each module's
+output as "outgrad.<module>" ('#k' per call, '.i' per output, as forward keys), in the order they arrive, each
+module's parameter gradients "grad.<Paddle parameter name>" right after its last output gradient arrived,
+and the parameters of modules whose outputs had no gradient hook at the end. In float32: torch's
 envelope over its two convolution backends, and where float32 flipped a ReLU decision against float64, the
 float64 replay of each run's masks (align/events.py, rule float32-events in align/compare.py).
 The models are left in float32 afterwards if they came in float32.
@@ -15,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import OrderedDict
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -52,21 +55,68 @@ def _pass(model, inputs, dtype, seed, replay, variant=False, objective_fn=None, 
     fw.set_mode(fw.cast(model, dtype), train=False)
     fw.zero_grad(model)
     tensors = {k: fw.tensor(v) for k, v in _cast_inputs(inputs, dtype).items()}
-    with decisions_of(model, replay=replay) as recorded, \
+    with decisions_of(model, replay=replay) as recorded, output_gradients(model) as (arrived, counts), \
             (torch_kernel_variant() if variant else contextlib.nullcontext()):
         out = call_model(model, tensors, keyword)
         objective = objective_fn(out) if objective_fn else projection_objective(model, out, dtype, seed)
         fw.backward(objective)
     log = OrderedDict(objective=fw.to_numpy(objective).reshape(1))
-    log.update((f"grad.{n}", g) for n, g in reversed(list(fw.grads(model).items())))
+    log.update(backward_order(arrived, counts, fw.grads(model)))
     return log, recorded
+
+
+@contextlib.contextmanager
+def output_gradients(model: Any) -> Iterator[tuple[list, dict]]:
+    """Records the gradient that reaches every submodule's output tensors in a backward: yields (arrived,
+    counts), arrived filled with (module name, call, output subkey, array) in arrival order, counts with
+    {module: calls}."""
+    fw, arrived, counts = frameworks.of(model), [], {}
+
+    def hook_for(name):
+        def hook(module, inputs, output):
+            call = counts.get(name, 0)
+            counts[name] = call + 1
+            flat = []
+            flatten_outputs("", output, lambda t: t if fw.is_tensor(t) else None, flat)
+            for sub, tensor in flat:
+                if fw.requires_grad(tensor):
+                    fw.register_grad_hook(tensor, keeper(call, sub))
+
+        def keeper(call, sub):
+            def keep(grad):              # returns None: the gradient flows on unchanged
+                arrived.append((name, call, sub, fw.to_numpy(grad)))
+            return keep
+        return hook
+    handles = [fw.register_post_hook(m, hook_for(n)) for n, m in fw.named_submodules(model)]
+    try:
+        yield arrived, counts
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def backward_order(arrived: list, counts: dict, grads: dict[str, np.ndarray]) -> OrderedDict:
+    """{"outgrad.<module>...": array, "grad.<parameter>": array} in backward execution order (module docstring)."""
+    last = {name: i for i, (name, _, _, _) in enumerate(arrived)}
+    owned: dict[str, list] = {}
+    for key in reversed(list(grads)):
+        owned.setdefault(key.rpartition(".")[0], []).append(key)
+    log = OrderedDict()
+    for i, (name, call, sub, grad) in enumerate(arrived):
+        base = f"outgrad.{name}#{call}" if counts.get(name, 1) > 1 else f"outgrad.{name}"
+        log[f"{base}.{sub}" if sub else base] = grad
+        if last[name] == i:
+            log.update((f"grad.{k}", grads[k]) for k in owned.pop(name, []))
+    for keys in owned.values():
+        log.update((f"grad.{k}", grads[k]) for k in keys)
+    return log
 
 
 def align_backward(torch_model: Any, paddle_model: Any, inputs: dict[str, np.ndarray], dtype: str,
                    out_dir: str | os.PathLike, seed: int = 0, check: str = "backward",
                    extra: dict | None = None, objective_fns: tuple[Callable, Callable] | None = None,
                    keyword: bool = False, save_tensors: str = "failing") -> dict:
-    """Run the objective's backward on both models, compare every parameter gradient, write the report.
+    """Run the objective's backward on both models, compare every parameter and output gradient, write the report.
 
     objective_fns: (torch loss(outputs), Paddle loss(outputs)) -> scalar, instead of the seeded projection;
     keyword: call the models with the inputs as keyword arguments (pair files)."""
@@ -90,6 +140,7 @@ def align_backward(torch_model: Any, paddle_model: Any, inputs: dict[str, np.nda
     unmatched = {"torch_only": [k for k in t if k not in p], "paddle_only": [k for k in p if k not in t]}
     summary_extra = {"unmatched": unmatched, "order": "backward execution order", "objective_seed": seed,
                      "num_parameters_compared": sum(k.startswith("grad.") for k in results),
+                     "num_output_gradients_compared": sum(k.startswith("outgrad.") for k in results),
                      "inputs": {k: list(np.shape(v)) for k, v in inputs.items()}}
     if flips is not None:
         summary_extra["decision_flips"] = flips

@@ -3,8 +3,11 @@ the first divergence sits, whether that module itself differs or only inherits u
 known framework difference it matches (align/known_differences.py).
 
 Locality: the module at the first divergence runs alone on the torch side's recorded inputs (forward), or on
-its recorded inputs and output gradient (backward), on both sides; if the two then still disagree by the
-check's own rule, the divergence is `local` to that module, else `propagated` (it carries upstream error).
+its recorded inputs and output gradients (backward: its parameter and input gradients are compared), on both
+sides; if the two then still disagree by the check's own rule, the divergence is `local` to that module, else
+`propagated` (it carries upstream error). A module's output gradient (outgrad.<module>) is made by the
+backward of the module that consumed that output (the next to run after it, `gradient_from`): that module is
+the one replayed.
 """
 from __future__ import annotations
 
@@ -27,8 +30,9 @@ def module_classes(model: Any) -> dict[str, str]:
 
 def module_of_key(key: str, names: set[str] | dict) -> tuple[str | None, int]:
     """(module name, call index) a report key belongs to: forward keys are 'name', 'name#k', 'name.0', ...;
-    backward keys 'grad.<parameter name>'. (None, 0) when no module owns it (outputs, losses)."""
-    base = key[len("grad."):] if key.startswith("grad.") else key
+    backward keys 'grad.<parameter name>' and 'outgrad.<module>...'. (None, 0) when no module owns it (outputs,
+    losses)."""
+    base = key.partition(".")[2] if key.startswith(("grad.", "outgrad.")) else key
     call = 0
     head, sep, tail = base.partition("#")
     if sep:
@@ -45,18 +49,20 @@ def module_of_key(key: str, names: set[str] | dict) -> tuple[str | None, int]:
 @contextlib.contextmanager
 def _capture(module: Any, grads: bool):
     """Records every call of a module: NumPy copies of its positional inputs, taken before it runs (an
-    in-place module overwrites them), and, with grads, the gradient that reaches its output."""
+    in-place module overwrites them), and, with grads, the gradient that reaches each of its output tensors
+    ({output subkey: array}, as flatten_outputs names them)."""
     fw, calls = frameworks.of(module), []
 
     def pre_hook(mod, inputs):
-        calls.append({"inputs": [fw.to_numpy(x) if fw.is_tensor(x) else x for x in inputs], "grad": None})
+        calls.append({"inputs": [fw.to_numpy(x) if fw.is_tensor(x) else x for x in inputs], "grad": {}})
 
     def post_hook(mod, inputs, output):
         entry = calls[-1]
-        if grads and fw.is_tensor(output) and fw.requires_grad(output):
-            def keep(g):
-                entry["grad"] = fw.to_numpy(g)
-            fw.register_grad_hook(output, keep)
+        flat = []
+        flatten_outputs("", output, lambda t: t if fw.is_tensor(t) else None, flat)
+        for sub, tensor in flat:
+            if grads and fw.requires_grad(tensor):
+                fw.register_grad_hook(tensor, _keeper(entry["grad"], sub, fw))
     handles = [fw.register_pre_hook(module, pre_hook), fw.register_post_hook(module, post_hook)]
     try:
         yield calls
@@ -65,9 +71,15 @@ def _capture(module: Any, grads: bool):
             h.remove()
 
 
+def _keeper(grads: dict, sub: str, fw):
+    def keep(grad):                      # returns None: the gradient flows on unchanged
+        grads[sub] = fw.to_numpy(grad)
+    return keep
+
+
 def _alone(module: Any, calls: list[dict], dtype: str, backward: bool) -> dict[str, np.ndarray]:
-    """One module run alone on recorded calls in dtype: its outputs per call (forward) or its parameter
-    gradients summed over the calls (backward)."""
+    """One module run alone on recorded calls in dtype: its outputs per call (forward), or its parameter
+    gradients summed over the calls and the gradient of each call's floating inputs (backward)."""
     fw = frameworks.of(module)
     fw.cast(module, dtype)
 
@@ -84,11 +96,17 @@ def _alone(module: Any, calls: list[dict], dtype: str, backward: bool) -> dict[s
                 out.update(flat)
         return out
     fw.zero_grad(module)
-    for call in calls:
-        if call["grad"] is None:
+    for k, call in enumerate(calls):
+        if not call["grad"]:
             continue
-        y = module(*[tensor(a) for a in call["inputs"]])
-        fw.backward(fw.sum64(y * fw.tensor(call["grad"].astype(dtype))))
+        xs = [tensor(a, grad=isinstance(a, np.ndarray) and np.issubdtype(a.dtype, np.floating))
+              for a in call["inputs"]]
+        flat = []
+        flatten_outputs("", module(*xs), lambda t: t if fw.is_tensor(t) else None, flat)
+        terms = [fw.sum64(y * fw.tensor(call["grad"][sub].astype(dtype))) for sub, y in flat if sub in call["grad"]]
+        fw.backward(sum(terms[1:], terms[0]))
+        out.update((f"ingrad.call{k}.{i}", fw.grad_of(x, np.shape(call["inputs"][i])))
+                   for i, x in enumerate(xs) if fw.is_tensor(x) and fw.requires_grad(x))
     out.update((f"grad.{n}", g) for n, g in fw.grads(module).items())
     fw.zero_grad(module)
     return out
@@ -122,6 +140,35 @@ def replay_locality(torch_model: Any, paddle_model: Any, module: str, call: int 
             "worst": {"key": worst, "ratio": results[worst].get("ratio"), "max_rel": results[worst].get("max_rel")}}
 
 
+def forward_calls(model: Any, run: Callable[[], Any]) -> list[tuple[str, int]]:
+    """(module, call) of every submodule call in the order the calls finish, during run()."""
+    fw, order, counts = frameworks.of(model), [], {}
+
+    def hook_for(name):
+        def hook(module, inputs, output):
+            order.append((name, counts.get(name, 0)))
+            counts[name] = order[-1][1] + 1
+        return hook
+    handles = [fw.register_post_hook(m, hook_for(n)) for n, m in fw.named_submodules(model)]
+    try:
+        run()
+    finally:
+        for h in handles:
+            h.remove()
+    return order
+
+
+def consumer_of(order: list[tuple[str, int]], name: str, call: int) -> str | None:
+    """The module that ran next after call `call` of `name` and is not one of its ancestors (which finish
+    after it): the one that consumed its output, whose backward produced the gradient at that output."""
+    if (name, call) not in order:
+        return None
+    for other, _ in order[order.index((name, call)) + 1:]:
+        if not name.startswith(other + "."):
+            return other
+    return None
+
+
 def diagnose(torch_model: Any, paddle_model: Any, level: str, dtype: str, results: dict, first: str | None,
              torch_log: dict, paddle_log: dict, run_torch: Callable[[], Any] | None = None,
              recipe: Any = None) -> dict:
@@ -136,12 +183,19 @@ def diagnose(torch_model: Any, paddle_model: Any, level: str, dtype: str, result
         return {"modules": modules, "diagnosis": diagnosis}
     name, call = module_of_key(first, t_cls)
     detail = {"key": first, "module": name, "torch_class": t_cls.get(name), "paddle_class": p_cls.get(name)}
-    if name is not None and name in p_cls and run_torch is not None:
-        try:
-            detail.update(replay_locality(torch_model, paddle_model, name, None if level == "backward" else call,
-                                          dtype, run_torch, backward=level == "backward"))
-        except Exception as e:          # the explanation must never cost the verdict: say why it is missing
-            detail.update(locality="unknown", reason=f"{type(e).__name__}: {e}")
+    replayed = name
+    try:
+        if first.startswith("outgrad.") and name is not None and run_torch is not None:
+            # a module's output gradient is made by the backward of whatever consumed that output
+            replayed = consumer_of(forward_calls(torch_model, run_torch), name, call)
+            detail["gradient_from"] = {"module": replayed, "torch_class": t_cls.get(replayed),
+                                       "paddle_class": p_cls.get(replayed)}
+        if replayed is not None and replayed in p_cls and run_torch is not None:
+            detail.update(replay_locality(torch_model, paddle_model, replayed,
+                                          None if level == "backward" else call, dtype, run_torch,
+                                          backward=level == "backward"))
+    except Exception as e:          # the explanation must never cost the verdict: say why it is missing
+        detail.update(locality="unknown", reason=f"{type(e).__name__}: {e}")
     ctx = known_differences.Context(level, dtype, first, {**results[first], "locality": detail.get("locality")},
                                     torch_log.get(first), paddle_log.get(first), frozenset(t_cls.values()),
                                     frozenset(p_cls.values()), p_cls, recipe)
@@ -158,8 +212,12 @@ def describe(diagnosis: dict) -> str:
         lines.append("modules whose classes differ: " + ", ".join(
             f"{n} ({t} vs {p})" for n, (t, p) in diagnosis["class_mismatches"].items()))
     if d:
+        came = d.get("gradient_from")
         lines.append(f"first divergence {d['key']} in module {d['module']} ({d['torch_class']} vs "
-                     f"{d['paddle_class']}): {d.get('locality', 'unknown')}"
+                     f"{d['paddle_class']})"
+                     + (f", a gradient made by the backward of {came['module']} ({came['torch_class']} vs "
+                        f"{came['paddle_class']})" if came else "")
+                     + f": {d.get('locality', 'unknown')}"
                      + (f" (alone: worst {d['worst']['key']} at ratio {d['worst']['ratio']:.3g})"
                         if d.get("worst") else ""))
         k = d.get("known_difference")

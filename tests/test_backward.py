@@ -31,8 +31,9 @@ def test_resnet50_backward_aligns(dtype, tmp_path):
     summary = align_backward(torch_model, paddle_model, seeded_images(SHAPE, 0), dtype, str(tmp_path))
     assert summary["passed"], summary["first_divergence"]
     assert summary["num_parameters_compared"] == 161 and not any(summary["unmatched"].values())
-    first_grads = [k for k in summary["keys"] if k.startswith("grad.")][:2]
-    assert first_grads == ["grad.fc.bias", "grad.fc.weight"]               # backward execution order
+    assert summary["num_output_gradients_compared"] == 182                 # every submodule call's output
+    assert list(summary["keys"])[:5] == ["objective", "outgrad.fc", "grad.fc.bias", "grad.fc.weight",
+                                         "outgrad.avgpool"]               # backward execution order
     if dtype == "float64":
         assert max(v["max_rel"] for v in summary["keys"].values()) <= 1e-9
 
@@ -45,8 +46,11 @@ def test_adaptive_avg_pool_in_the_paddle_twin_is_caught_upstream_of_it(tmp_path,
     summary = align_backward(torch_model, paddle_model, seeded_images(SHAPE, 0), "float64", str(tmp_path))
     assert not summary["passed"]
     assert summary["keys"]["grad.fc.weight"]["passed"]                      # downstream of the pool: exact
-    assert summary["first_divergence"] == "grad.layer4.2.bn3.bias"          # the first gradient through it
-    assert 1e-9 < summary["keys"]["grad.layer4.2.bn3.bias"]["max_rel"] < 1e-7
+    assert summary["first_divergence"] == "outgrad.layer4.2.relu#2"        # the gradient at the pool's input
+    assert 1e-9 < summary["keys"]["outgrad.layer4.2.relu#2"]["max_rel"] < 1e-7
+    assert not summary["keys"]["grad.layer4.2.bn3.bias"]["passed"]
+    d = summary["diagnosis"]["first_divergence"]
+    assert d["gradient_from"]["module"] == "avgpool" and d["locality"] == "local"
 
 
 def test_relu_replay_reproduces_a_run_and_imposes_other_decisions():

@@ -36,11 +36,15 @@ def test_adaptive_avg_pool_pair_fails_backward_with_the_defect_named(tmp_path, m
     monkeypatch.setenv("SMALL_CNN_POOL", "adaptive")
     pair = load_pair(PAIR, "float64")
     s = align_backward(pair.torch_model, pair.paddle_model, pair.inputs, "float64", str(tmp_path), keyword=True)
-    assert not s["passed"] and s["first_divergence"] == "grad.conv2.bias"
-    assert s["keys"]["grad.fc.weight"]["passed"]                       # downstream of the pool: exact
+    # the gradient reaching the pool's input (relu's second call's output) is the first to differ
+    assert not s["passed"] and s["first_divergence"] == "outgrad.relu#1"
+    assert s["keys"]["grad.fc.weight"]["passed"] and s["keys"]["outgrad.pool"]["passed"]   # downstream: exact
+    assert not s["keys"]["grad.conv2.bias"]["passed"]
     d = s["diagnosis"]["first_divergence"]
-    assert (d["module"], d["torch_class"], d["paddle_class"]) == ("conv2", "Conv2d", "Conv2D")
-    assert d["locality"] == "propagated"                               # conv2 alone agrees: the pool feeds it
+    assert (d["module"], d["torch_class"], d["paddle_class"]) == ("relu", "ReLU", "ReLU")
+    assert d["gradient_from"] == {"module": "pool", "torch_class": "AdaptiveAvgPool2d",
+                                  "paddle_class": "AdaptiveAvgPool2D"}
+    assert d["locality"] == "local" and d["worst"]["key"] == "ingrad.call0.0"  # the pool alone differs
     assert d["known_difference"]["name"] == "adaptive_avg_pool2d_float64_backward"
     assert d["known_difference"]["where"] == "pool"
     assert "known difference adaptive_avg_pool2d_float64_backward at pool" in (tmp_path / "diff.txt").read_text()
