@@ -28,7 +28,6 @@ sys.path.insert(0, {root!r})
 from align.runtime import configure_frameworks
 configure_frameworks()
 from align import frameworks, zoo
-from align.forward import run_side
 mode, dtype, shape, out = {mode!r}, {dtype!r}, {shape!r}, {out!r}
 spec = zoo.get_spec("retina_r50")
 t, p = zoo.build_models(spec, None, 0)
