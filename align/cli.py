@@ -53,6 +53,7 @@ def build_parser():
         doc = module.__doc__ or ""
         sp = sub.add_parser(name, help=doc.strip().splitlines()[0] if doc else name, description=doc,
                             formatter_class=p.formatter_class)
+        cli_args.add_debug(sp)
         module.add_arguments(sp)
         sp.set_defaults(execute=module.execute)
     return p
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
     args.parser = p
-    return args.execute(args)
+    return cli_args.run_tool(args, args.execute)
 
 
 if __name__ == "__main__":

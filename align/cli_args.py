@@ -2,11 +2,18 @@
 
 A tool module defines add_arguments(parser) and execute(args) -> exit status; `python align/<tool>.py` and
 `python -m align <tool>` (align/cli.py) both parse with the same definitions. Bad arguments exit 2 (argparse)
-before anything is computed.
+before anything is computed: paths are checked for what they must be (an --out that can be written, a
+--data or --weights that exists), numbers for their range. An expected error later on (a ValueError or an
+OSError: a bad file, a checkpoint that does not fit) is one line on stderr and exit 2; --debug shows the
+traceback. SIGTERM ends a tool like Ctrl-C does, so its temporary files are removed.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import sys
+import tempfile
 from typing import Callable
 
 from align.compare import DTYPES
@@ -44,31 +51,105 @@ def add_dtype(p: argparse.ArgumentParser) -> None:
 
 
 def add_seed(p: argparse.ArgumentParser, help: str = "seed of the NumPy generator behind inputs and weights") -> None:
-    p.add_argument("--seed", type=int, default=0, help=help)
+    p.add_argument("--seed", type=seed_int, default=0, help=help)
 
 
 def add_out(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="reports", help="report root (default: reports)")
+    p.add_argument("--out", default="reports", type=writable_dir, help="report root (default: reports)")
 
 
 def add_data(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help="COCO-format set: root, image folder or instances json "
-                                  "(default: the bundled synthetic set, generated under data/ on first use)")
+    p.add_argument("--data", type=existing_path,
+                   help="COCO-format set: root, image folder or instances json "
+                        "(default: the bundled synthetic set, generated under data/ on first use)")
 
 
 def add_weights(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", help="torch checkpoint (state_dict) to load instead of the seeded init")
+    p.add_argument("--weights", type=existing_file,
+                   help="torch checkpoint (state_dict) to load instead of the seeded init")
 
 
 def positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return value
 
 
+def seed_int(text: str) -> int:
+    """A NumPy seed: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def writable_dir(text: str) -> str:
+    """A folder that is, or can be created, and written: not a file, its nearest existing ancestor writable."""
+    path = os.path.abspath(text)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{text!r} is a file, not a folder")
+    probe = path
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise argparse.ArgumentTypeError(f"cannot create {text!r}: {probe!r} is a file")
+    try:                        # os.access says yes to root even on a read-only file system: try it
+        tempfile.TemporaryFile(dir=probe).close()
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"cannot write under {probe!r}: {e.strerror}") from None
+    return text
+
+
+def existing_path(text: str) -> str:
+    if not os.path.exists(text):
+        raise argparse.ArgumentTypeError(f"{text!r} does not exist")
+    return text
+
+
+def existing_file(text: str) -> str:
+    if not os.path.isfile(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file" if os.path.exists(text) else
+                                         f"{text!r} does not exist")
+    return text
+
+
+def exit_cleanly_on_signals() -> None:
+    """SIGTERM raises SystemExit like SIGINT raises KeyboardInterrupt, so `finally` blocks and the atomic
+    writers remove their temporary files (twin_common/atomic.py, align/report_folder.py, align/store.py)."""
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, stop)
+
+
 def new_parser(doc: str | None, prog: str | None = None) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_debug(p)
+    return p
+
+
+def add_debug(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+
+
+def run_tool(args: argparse.Namespace, execute: Callable) -> int:
+    """execute(args), an expected error (ValueError, OSError) as one line on stderr and exit 2."""
+    exit_cleanly_on_signals()
+    try:
+        return execute(args)
+    except (ValueError, OSError) as e:
+        if getattr(args, "debug", False):
+            raise
+        prog = args.parser.prog if getattr(args, "parser", None) else "align"
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"{prog}: error: {message} (--debug shows the traceback)", file=sys.stderr)
+        return 2
 
 
 def tool_main(doc: str | None, add_arguments: Callable, execute: Callable, argv: list[str] | None = None,
@@ -78,4 +159,4 @@ def tool_main(doc: str | None, add_arguments: Callable, execute: Callable, argv:
     add_arguments(p)
     args = p.parse_args(argv)
     args.parser = p
-    return execute(args)
+    return run_tool(args, execute)

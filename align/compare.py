@@ -102,17 +102,18 @@ def diff_stats(reference: np.ndarray, other: np.ndarray) -> dict:
     """max_abs, mean_abs and max_rel of `other` against `reference`, computed in float64.
 
     Non-finite values agree only where both sides have the same one at the same element; those elements
-    are counted (`nonfinite`) and left out of the statistics."""
+    are counted (`nonfinite`) and left out of the statistics. `compared` counts the elements compared: a
+    non-empty tensor with none finite compared nothing and gets infinite differences (it fails every rule)."""
     ref, oth = _f64(reference), _f64(other)
     if ref.shape != oth.shape:
         return {"max_abs": float("inf"), "mean_abs": float("inf"), "max_rel": float("inf"),
                 "shape_mismatch": [list(ref.shape), list(oth.shape)]}
     if ref.size == 0:
-        return {"max_abs": 0.0, "mean_abs": 0.0, "max_rel": 0.0}
+        return {"max_abs": 0.0, "mean_abs": 0.0, "max_rel": 0.0, "compared": 0}
     d = np.subtract(ref, oth)
     np.abs(d, out=d)
     if np.isfinite(d.sum()):          # the common case, in four passes: both sides finite everywhere
-        return _stats_of(float(d.max()), float(d.mean()), _abs_max(ref), None)
+        return _stats_of(float(d.max()), float(d.mean()), _abs_max(ref), None, d.size)
     finite = np.isfinite(ref) & np.isfinite(oth)
     same_nonfinite = (~finite) & ((ref == oth) | (np.isnan(ref) & np.isnan(oth)))
     if not np.all(finite | same_nonfinite):
@@ -120,13 +121,14 @@ def diff_stats(reference: np.ndarray, other: np.ndarray) -> dict:
                 "nonfinite_mismatch": int(np.sum(~(finite | same_nonfinite)))}
     d = d[finite]
     if not d.size:
-        return _stats_of(0.0, 0.0, 0.0, int(np.sum(~finite)))
-    return _stats_of(float(d.max()), float(d.mean()), _abs_max(ref[finite]), int(np.sum(~finite)) or None)
+        return {"max_abs": float("inf"), "mean_abs": float("inf"), "max_rel": float("inf"), "compared": 0,
+                "nonfinite": int(ref.size), "all_nonfinite": True}
+    return _stats_of(float(d.max()), float(d.mean()), _abs_max(ref[finite]), int(np.sum(~finite)) or None, d.size)
 
 
-def _stats_of(max_abs, mean_abs, scale, nonfinite):
+def _stats_of(max_abs, mean_abs, scale, nonfinite, compared):
     stats = {"max_abs": max_abs, "mean_abs": mean_abs, "max_rel": _ratio(max_abs, scale) if scale else
-             (0.0 if max_abs == 0 else float("inf"))}
+             (0.0 if max_abs == 0 else float("inf")), "compared": int(compared)}
     if nonfinite:
         stats["nonfinite"] = nonfinite
     return stats

@@ -10,7 +10,9 @@ it judges the reports it regenerated: one that is missing or older than this run
 reports under --out (e.g. from forward_diff's default run) are left out. A regenerated check that passed
 has its tensor logs (torch.npy/paddle.npy, a few hundred MB each for the full models) deleted once it is
 done, unless --keep-tensors: the whole set would take several GB.
-summary.json and diff.txt stay; a failed check keeps everything for debugging.
+summary.json and diff.txt stay; a failed check keeps everything for debugging. The gate also refuses a
+report whose folder is not whole (its files are not those its summary's run wrote: align/report_folder.py),
+one that compared nothing, and a check that ran past ALIGN_GATE_TIMEOUT seconds (default 1200).
 Exit status 0 iff every report passed.
 """
 from __future__ import annotations
@@ -30,6 +32,7 @@ if __package__ in (None, ""):
 from align import cli_args, manifest  # noqa: E402
 from align.compare import THRESHOLDS, limits_for, recheck  # noqa: E402
 from align.progress import progress  # noqa: E402
+from align.report_folder import verify  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def prune_tensor_logs(folder: str | os.PathLike) -> int:
     """Delete the reprod_log tensor files (*.npy) and checkpoints under a report folder; returns bytes freed."""
     freed = 0
-    for path in list(Path(folder).rglob("*.npy")) + list(Path(folder).rglob("*.pkl")):
+    for path in [p for pattern in ("*.npy", "*.npz", "*.pkl") for p in Path(folder).rglob(pattern)]:
         freed += path.stat().st_size
         path.unlink()
     return freed
@@ -55,10 +58,26 @@ def check_keys(summary: dict, limits: dict | None = None) -> list[str]:
             or recheck(st, limits["float64_max_rel"], limits["noise_multiple"], metric_limit) is not None]
 
 
-def gate(out: str | os.PathLike, since: float | None = None, expected: Sequence[str] = ()) -> bool:
+def refusal(folder: Path, summary: dict) -> str | None:
+    """Why a report cannot be trusted whatever its numbers say, or None: its files are not the ones its run
+    wrote (a folder mixed from two runs, a file edited or replaced), or it compared nothing."""
+    problems = verify(folder, summary)
+    if problems:
+        return "folder not whole: " + "; ".join(problems[:4])
+    compared = summary.get("elements_compared")
+    if isinstance(compared, bool) or not isinstance(compared, int):
+        return f"elements_compared is not a number: {compared!r}"
+    if compared <= 0:
+        return "compared nothing (no tensor elements)"
+    return None
+
+
+def gate(out: str | os.PathLike, since: float | None = None, expected: Sequence[str] = (),
+         timed_out: dict[str, float] | None = None) -> bool:
     """Judge the reports under out (with expected, a regenerating run's folders: those alone, every one
-    present); prints one row per report and a summary line; True iff all passed."""
-    rows, ok, checks = [], True, manifest.checks()
+    present; timed_out: {folder: seconds} of checks the regeneration stopped); prints one row per report and
+    a summary line; True iff all passed."""
+    rows, ok, checks, timed_out = [], True, manifest.checks(), timed_out or {}
     summaries = sorted(Path(out).rglob("summary.json"))
     if expected:   # a regenerating run judges what it regenerated, not reports a user left under out
         summaries = [p for p in summaries
@@ -67,7 +86,9 @@ def gate(out: str | os.PathLike, since: float | None = None, expected: Sequence[
     found = {str(p.parent.relative_to(out)) for p in summaries}
     for folder in expected:
         if not any(f == folder or f.startswith(folder + "/") for f in found):
-            rows.append((folder, "MISSING", "no summary.json was generated"))
+            why = f"timed out after {timed_out[folder]:.0f} s" if folder in timed_out else \
+                "no summary.json was generated"
+            rows.append((folder, "MISSING", why))
             ok = False
     for path in summaries:
         rel = str(path.parent.relative_to(out))
@@ -81,6 +102,15 @@ def gate(out: str | os.PathLike, since: float | None = None, expected: Sequence[
             continue
         if since is not None and path.stat().st_mtime < since:
             rows.append((rel, "STALE", "not regenerated in this run"))
+            ok = False
+            continue
+        if rel in timed_out:
+            rows.append((rel, "FAIL", f"timed out after {timed_out[rel]:.0f} s; this summary is an older run's"))
+            ok = False
+            continue
+        refused = refusal(path.parent, summary)
+        if refused:
+            rows.append((rel, "FAIL", refused))
             ok = False
             continue
         check = manifest.check_for(rel, checks)
@@ -99,15 +129,31 @@ def gate(out: str | os.PathLike, since: float | None = None, expected: Sequence[
     return ok and bool(rows)
 
 
-def regenerate(out: str, keep_tensors: bool = False) -> list[str]:
-    """Run every manifest check; returns the folders they write."""
-    checks = manifest.checks()
+def check_timeout() -> float:
+    """Seconds one regenerated check may take (ALIGN_GATE_TIMEOUT, default 1200; the longest takes ~2 min)."""
+    value = os.environ.get("ALIGN_GATE_TIMEOUT", "1200")
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"ALIGN_GATE_TIMEOUT must be a number of seconds, got {value!r}") from None
+
+
+def regenerate(out: str, keep_tensors: bool = False) -> tuple[list[str], dict[str, float]]:
+    """Run every manifest check, each within check_timeout(); returns the folders they write and
+    {folder: seconds} of those stopped at the limit (a timeout is a failure)."""
+    checks, limit, timed_out = manifest.checks(), check_timeout(), {}
     for limit in manifest.limits():
         print(f"gate: known limit, not run: {limit.tool} {limit.model} {limit.dtype}: {limit.reason}")
     for check in progress(checks, "gate", len(checks)):
         cmd = check.argv(out)
         start = time.perf_counter()
-        res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **check.env})
+        try:
+            res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **check.env},
+                                 timeout=limit)
+        except subprocess.TimeoutExpired:
+            timed_out[check.folder] = limit
+            print(f"gate: ran {' '.join(cmd[1:])} -> TIMED OUT after {limit:.0f}s", flush=True)
+            continue
         tail = (res.stdout.strip().splitlines() or [""])[-1]
         env = " ".join(f"{k}={v}" for k, v in check.env.items())
         print(f"gate: ran {env}{' ' if env else ''}{' '.join(cmd[1:])} -> exit {res.returncode} in "
@@ -116,7 +162,7 @@ def regenerate(out: str, keep_tensors: bool = False) -> list[str]:
             print(res.stderr[-3000:], file=sys.stderr)
         if res.returncode == 0 and not keep_tensors:
             prune_tensor_logs(Path(out) / check.folder)
-    return [c.folder for c in checks]
+    return [c.folder for c in checks], timed_out
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -127,11 +173,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
-    since, expected = None, ()
+    since, expected, timed_out = None, (), {}
     if args.regenerate:
         since = time.time()
-        expected = regenerate(args.out, args.keep_tensors)
-    return 0 if gate(args.out, since, expected) else 1
+        expected, timed_out = regenerate(args.out, args.keep_tensors)
+    return 0 if gate(args.out, since, expected, timed_out) else 1
 
 
 def main(argv: list[str] | None = None) -> int:

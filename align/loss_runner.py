@@ -235,7 +235,6 @@ def run_spec(spec: LossSpec, dtype: str = "float64", out: str = "reports", seed:
                            "judged by the float32-events rule: residual_abs (summary.json) <= tolerance_abs, moved "
                            "elements explained (bin_moves)")
     out_dir = f"{out}/losses/{spec.name}"
-    summary = write_report(out_dir, f"loss:{spec.name}", dtype, torch_log, paddle_log, results,
-                           order=list(results), extra=extra)
-    save_reprod_log(f"{out_dir}/numpy.npy", numpy_log)
-    return summary
+    return write_report(out_dir, f"loss:{spec.name}", dtype, torch_log, paddle_log, results,
+                        order=list(results), extra=extra,
+                        files={"numpy.npy": lambda path: save_reprod_log(path, numpy_log)})

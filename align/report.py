@@ -1,9 +1,10 @@
-"""The report every alignment check writes: reprod_log logs, diff.txt and summary.json.
+"""The report every alignment check writes: reprod_log logs, diff.txt and summary.json, as one folder.
 
 Layout of DIR (one check):
     torch.npy, paddle.npy  reprod_log ReprodLogger files with identical key sets (ReprodDiffHelper reads them)
     diff.txt               a table for people: one row per key, in execution order
     summary.json           the machine-readable verdict: {"passed", "dtype", "first_divergence", "keys": {...}, ...}
+The folder is written whole, with a run id and the digests of its files in summary.json (align.report_folder).
 The caller's exit status is 0 iff summary["passed"].
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 from reprod_log import ReprodLogger
 
 from align import compare
+from align.report_folder import new_run_id, sha256, whole_folder
 from align.store import STATS_FIELDS, tensor_stats
 from twin_common.atomic import atomic_path, write_json, write_text
 
@@ -114,8 +116,8 @@ def write_report(out_dir: str | os.PathLike, check: str, dtype: str, torch_log: 
                  paddle_log: dict[str, np.ndarray], results: dict[str, dict], order: Iterable[str] | None = None,
                  extra: dict | None = None, fp64_max_rel: float | None = None,
                  explain: Callable[[str | None], dict] | None = None, save_tensors: str = "all",
-                 plot: bool = False) -> dict:
-    """Write the three report files and return the summary dict.
+                 plot: bool = False, files: dict[str, Callable[[str], None]] | None = None) -> dict:
+    """Write the report folder whole (align.report_folder) and return the summary dict.
 
     results: {key: stats dict with at least 'passed'}; order: keys in execution order (first divergence
     is the first failing key in that order); extra: more fields for summary.json; fp64_max_rel: the float64
@@ -123,7 +125,8 @@ def write_report(out_dir: str | os.PathLike, check: str, dtype: str, torch_log: 
     first divergence -> more summary fields (align.explain.diagnose: module classes, locality, known
     differences); save_tensors: which tensors the reprod_log files keep whole (SAVE_TENSORS; the others
     keep tensor_stats, so both files always have the same keys); plot: also divergence.png (per key, in
-    order, the fraction of its tolerance used, the first divergence marked).
+    order, the fraction of its tolerance used, the first divergence marked); files: {file name: writer(path)}
+    of more files that belong to the report (curves.png, numpy.npy), written with it.
     """
     if save_tensors not in SAVE_TENSORS:
         raise ValueError(f"save_tensors must be one of {SAVE_TENSORS}, got {save_tensors!r}")
@@ -135,9 +138,12 @@ def write_report(out_dir: str | os.PathLike, check: str, dtype: str, torch_log: 
     order += missing
     first = next((k for k in order if k in results and not results[k]["passed"]), None)
     worst_key_, worst_ratio = compare.worst_passed_ratio(results)
+    compared = sum(int(r.get("compared", 0)) for r in results.values())
     summary = {
         "check": check,
-        "passed": bool(all(r["passed"] for r in results.values())) and bool(results),
+        # a check that compared nothing (no keys, only empty tensors) fails: it would prove nothing
+        "passed": bool(all(r["passed"] for r in results.values())) and compared > 0,
+        "elements_compared": compared,
         "dtype": dtype,
         "first_divergence": first,
         "rule": compare.rule_text(dtype, fp64_max_rel),
@@ -153,17 +159,21 @@ def write_report(out_dir: str | os.PathLike, check: str, dtype: str, torch_log: 
             summary["passed"] = False
     if explain is not None:
         summary.update(explain(first))
-    os.makedirs(out_dir, exist_ok=True)
-    for name, log in (("torch", torch_log), ("paddle", paddle_log)):
-        data, full = logged_tensors(log, results, first, save_tensors)
-        save_reprod_log(os.path.join(out_dir, f"{name}.npy"), data)
-        del data
-    summary["tensors_saved"] = {"policy": save_tensors, "whole": full,
-                                "others": f"statistics: {', '.join(STATS_FIELDS)}"}
-    if plot:
-        from align.plots import plot_divergence
-        plot_divergence(os.path.join(out_dir, "divergence.png"), summary)
-        summary["plot"] = "divergence.png"
-    write_text(os.path.join(out_dir, "diff.txt"), render_table(summary))
-    write_json(os.path.join(out_dir, "summary.json"), summary)
+    summary["run"] = run = new_run_id()
+    with whole_folder(out_dir) as tmp:
+        for name, log in (("torch", torch_log), ("paddle", paddle_log)):
+            data, full = logged_tensors(log, results, first, save_tensors)
+            save_reprod_log(tmp / f"{name}.npy", data)
+            del data
+        summary["tensors_saved"] = {"policy": save_tensors, "whole": full,
+                                    "others": f"statistics: {', '.join(STATS_FIELDS)}"}
+        if plot:
+            from align.plots import plot_divergence
+            plot_divergence(tmp / "divergence.png", summary)
+            summary["plot"] = "divergence.png"
+        for name, writer in (files or {}).items():
+            writer(str(tmp / name))
+        write_text(tmp / "diff.txt", f"run: {run}\n" + render_table(summary))
+        summary["files"] = {f.name: sha256(f) for f in sorted(tmp.iterdir()) if f.is_file()}
+        write_json(tmp / "summary.json", summary)
     return summary

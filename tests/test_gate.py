@@ -1,45 +1,85 @@
-"""The CI gate re-checks reports against align/thresholds.json and judges only what it regenerated."""
+"""The CI gate re-checks reports against align/thresholds.json, judges only what it regenerated, and refuses
+reports it cannot trust (align/report_folder.py)."""
 import json
 import os
 
-from align.gate import gate
+import numpy as np
+import pytest
+
+from align.compare import compare_runs
+from align.gate import gate, prune_tensor_logs, regenerate
+from align.report import write_report
 
 
-def _summary(path, dtype="float64", max_rel=1e-12, passed=True):
-    path.mkdir(parents=True, exist_ok=True)
-    keys = {"a": {"max_abs": max_rel, "mean_abs": max_rel, "max_rel": max_rel, "passed": passed, "rule": "float64"}}
-    (path / "summary.json").write_text(json.dumps({"check": "forward:x", "passed": passed, "dtype": dtype,
-                                                   "first_divergence": None, "keys": keys}))
+def _report(path, delta=1e-13, dtype="float64"):
+    t = {"a": np.linspace(1.0, 2.0, 50)}
+    p = {"a": t["a"] + delta}
+    results = compare_runs(dtype, t, p, t, p) if dtype == "float32" else compare_runs(dtype, t, p)
+    return write_report(path, "forward:x", dtype, t, p, results)
+
+
+def _edit_summary(path, **changes):
+    summary = json.loads((path / "summary.json").read_text())
+    summary.update(changes)
+    (path / "summary.json").write_text(json.dumps(summary))
+    return summary
 
 
 def test_gate_rechecks_numbers_instead_of_trusting_the_verdict(tmp_path):
-    _summary(tmp_path / "float64" / "m" / "forward")
+    _report(tmp_path / "float64" / "m" / "forward")
     assert gate(tmp_path)
-    _summary(tmp_path / "float64" / "n" / "forward", max_rel=1e-6)   # claims passed, out of threshold
+    lying = tmp_path / "float64" / "n" / "forward"
+    s = _report(lying, delta=1e-6)
+    assert not s["passed"]
+    _edit_summary(lying, passed=True, keys={"a": {**s["keys"]["a"], "passed": True}})   # claims passed
     assert not gate(tmp_path)
+
+
+def test_numbers_that_are_not_numbers_are_refused(tmp_path, capsys):
+    folder = tmp_path / "float64" / "m" / "forward"
+    s = _report(folder)
+    _edit_summary(folder, keys={"a": {**s["keys"]["a"], "max_rel": "0"}})
+    assert not gate(tmp_path)
+    _edit_summary(folder, keys=s["keys"], elements_compared="50")
+    assert not gate(tmp_path) and "elements_compared is not a number" in capsys.readouterr().out
 
 
 def test_regenerating_run_ignores_other_reports_but_fails_stale_or_missing(tmp_path):
     old = tmp_path / "retina_r50" / "forward"           # a user's earlier forward_diff run
-    _summary(old)
+    _report(old)
     os.utime(old / "summary.json", (0, 0))
-    _summary(tmp_path / "float64" / "m" / "forward")
+    _report(tmp_path / "float64" / "m" / "forward")
     assert gate(tmp_path, since=1.0, expected=["float64/m/forward"])
     os.utime(tmp_path / "float64" / "m" / "forward" / "summary.json", (0, 0))
     assert not gate(tmp_path, since=1.0, expected=["float64/m/forward"])          # stale
     assert not gate(tmp_path, since=0.0, expected=["float64/m/forward", "float64/missing"])
 
 
-def test_pruning_tensor_logs_keeps_what_the_gate_reads(tmp_path):
-    import numpy as np
+def test_a_timed_out_check_fails_even_over_an_old_passing_report(tmp_path, capsys):
+    _report(tmp_path / "float64" / "m" / "forward")
+    assert not gate(tmp_path, since=0.0, expected=["float64/m/forward"], timed_out={"float64/m/forward": 5.0})
+    assert "timed out after 5 s" in capsys.readouterr().out
 
-    from align.gate import prune_tensor_logs
+
+def test_regenerate_stops_a_check_at_the_time_limit(tmp_path, monkeypatch):
+    from align import manifest
+    slow = manifest.Check("forward", "slow", "float64", "float64", "float64/slow/forward")
+    monkeypatch.setattr(manifest.Check, "argv", lambda self, out: ["python", "-c", "import time; time.sleep(30)"])
+    monkeypatch.setattr(manifest, "checks", lambda: [slow])
+    monkeypatch.setattr(manifest, "limits", lambda: [])
+    monkeypatch.setenv("ALIGN_GATE_TIMEOUT", "1")
+    folders, timed_out = regenerate(str(tmp_path))
+    assert folders == [slow.folder] and timed_out == {slow.folder: 1.0}
+    monkeypatch.setenv("ALIGN_GATE_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match="ALIGN_GATE_TIMEOUT"):
+        regenerate(str(tmp_path))
+
+
+def test_pruning_tensor_logs_keeps_what_the_gate_reads(tmp_path):
     report = tmp_path / "float64" / "losses" / "focal"
-    _summary(report)
-    (report / "diff.txt").write_text("ok\n")
-    np.save(report / "torch.npy", np.zeros(1000))
-    np.save(report / "paddle.npy", np.zeros(1000))
-    (report / "checkpoint_float64.pkl").write_bytes(b"x" * 10)
-    assert prune_tensor_logs(tmp_path / "float64" / "losses") == 2 * (8000 + 128) + 10
+    _report(report)
+    (report / "checkpoint_float64.npz").write_bytes(b"x" * 10)
+    sizes = sum((report / n).stat().st_size for n in ("torch.npy", "paddle.npy", "checkpoint_float64.npz"))
+    assert prune_tensor_logs(tmp_path / "float64" / "losses") == sizes
     assert sorted(p.name for p in report.iterdir()) == ["diff.txt", "summary.json"]
     assert gate(tmp_path)

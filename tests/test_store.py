@@ -1,6 +1,7 @@
 """align.store and the recording behind it: copies safe from in-place ops, the memory budget, the disk spill,
 statistics-only keys, and a forward check that compares its last run as it arrives."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -80,7 +81,7 @@ def test_streamed_and_spilled_forward_reports_match_the_in_memory_one(tmp_path, 
         for budget in ("4", "0"):
             monkeypatch.setenv("ALIGN_MEMORY_GB", budget)
             summaries[dtype, budget] = align_forward(t, p, inputs, dtype, tmp_path / f"{dtype}-{budget}")
-            assert not list((tmp_path / f"{dtype}-{budget}").rglob("tensors-*"))   # the spill is cleaned up
+            assert not list((tmp_path / f"{dtype}-{budget}").rglob(".tensors-*"))   # the spill is cleaned up
         a, b = summaries[dtype, "4"], summaries[dtype, "0"]
         assert a["passed"] and b["passed"], (a["first_divergence"], b["first_divergence"])
         assert json.dumps(a["keys"], sort_keys=True) == json.dumps(b["keys"], sort_keys=True)
@@ -98,3 +99,15 @@ def test_run_side_counts_calls_and_keys_outputs():
     run = run_side(net, {"x": np.zeros((1, 3, 5, 5))}, "float64")
     assert run.keys == ["0", "1", "output"] and run.counts == {"0": 1, "1": 1}
     assert list(run.outputs) == ["output"]
+
+
+def test_tensor_folders_of_killed_runs_are_removed(tmp_path):
+    import subprocess
+    import sys
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".tensors-{dead.stdout.strip()}-abc"
+    stale.mkdir()
+    (stale / "x.npy").write_bytes(b"0" * 100)
+    store = TensorStore(tmp_path)
+    assert not stale.exists() and os.path.isdir(store.folder)
+    store.close()

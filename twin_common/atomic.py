@@ -15,16 +15,48 @@ def _default_mode():
     return 0o666 & ~umask
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID exists (ours counts)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:          # someone else's process: alive
+        return True
+    return True
+
+
+def _remove_stale(folder: str, base: str) -> None:
+    """Remove temp files of `base` left by processes that died before renaming them (SIGKILL, power loss)."""
+    prefix = "." + base + "."
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(prefix) and ".tmp" in name:
+            pid = name[len(prefix):].split(".", 1)[0]
+            if pid.isdigit() and not pid_alive(int(pid)):
+                try:
+                    os.remove(os.path.join(folder, name))
+                except OSError:
+                    pass
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
     """Yield a temporary path next to `path`; on success it replaces `path` in one rename.
 
-    `suffix` keeps writers that append an extension (np.save adds '.npy') pointed at the same file.
+    `suffix` keeps writers that append an extension (np.save adds '.npy') pointed at the same file. The temp
+    name carries our PID, so the next write to the same path removes what a killed process left.
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp" + suffix)
+    _remove_stale(folder, os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.{os.getpid()}.", suffix=".tmp" + suffix)
     os.close(fd)
     try:
         yield tmp
