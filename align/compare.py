@@ -110,6 +110,7 @@ def diff_stats(reference: np.ndarray, other: np.ndarray) -> dict:
                 "shape_mismatch": [list(ref.shape), list(oth.shape)]}
     if ref.size == 0:
         return {"max_abs": 0.0, "mean_abs": 0.0, "max_rel": 0.0, "compared": 0}
+    ref, oth = ref.reshape(-1), oth.reshape(-1)          # 1-d: a 0-d subtraction would give a scalar
     d = np.subtract(ref, oth)
     np.abs(d, out=d)
     if np.isfinite(d.sum()):          # the common case, in four passes: both sides finite everywhere
@@ -148,7 +149,7 @@ def max_abs_diff(a, b) -> float:
         return float("inf")
     if a.size == 0:
         return 0.0
-    d = np.subtract(a, b)
+    d = np.subtract(a.reshape(-1), b.reshape(-1))
     np.abs(d, out=d)
     if np.isfinite(d.sum()):
         return float(d.max())

@@ -280,4 +280,6 @@ def test_data_diff_cli(coco_root, tmp_path):
             "--max-size", "96"]
     assert data_diff_main(argv) == 0
     assert json.load(open(tmp_path / "data" / "summary.json"))["passed"] is True
-    assert data_diff_main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path)]) == 2
+    with pytest.raises(SystemExit) as stop:          # refused at parse time, before anything is computed
+        data_diff_main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path)])
+    assert stop.value.code == 2
