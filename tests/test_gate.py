@@ -83,3 +83,17 @@ def test_pruning_tensor_logs_keeps_what_the_gate_reads(tmp_path):
     assert prune_tensor_logs(tmp_path / "float64" / "losses") == sizes
     assert sorted(p.name for p in report.iterdir()) == ["diff.txt", "summary.json"]
     assert gate(tmp_path)
+
+
+def test_checks_that_compare_nothing_fail(tmp_path):
+    from align.compare import check_float64
+    inf = np.full(5, np.inf)
+    assert not check_float64(inf, inf)["passed"]                           # all non-finite: nothing compared
+    mixed = check_float64(np.array([1.0, np.inf, np.nan]), np.array([1.0, np.inf, np.nan]))
+    assert mixed["passed"] and mixed["nonfinite"] == 2 and mixed["compared"] == 1
+    assert not check_float64(np.array([1.0, np.inf]), np.array([1.0, 2.0]))["passed"]
+    empty = {"a": np.zeros((0, 3)), "b": np.zeros(0)}
+    s = write_report(tmp_path / "e", "forward:x", "float64", empty, dict(empty), compare_runs("float64", empty, empty))
+    assert all(st["passed"] for st in s["keys"].values())                  # each empty key agrees, yet
+    assert not s["passed"] and s["elements_compared"] == 0                  # the check proved nothing
+    assert not gate(tmp_path)
