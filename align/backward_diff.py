@@ -5,7 +5,8 @@
 
 Models with a training spec run one step of their recipe (forward + loss + backward in train mode on the
 first batch of the mirrored COCO loaders); the others take the gradient of a seeded projection of their
-outputs (align/train_step.py). Every loss term and every parameter's gradient, in backward execution order.
+outputs (align/train_step.py). Every loss term and every parameter's gradient, and on the projection path
+every module's output gradient (outgrad.<module>), in backward execution order.
 Writes DIR/<model>/backward/; exit 0 iff passed.
 """
 import sys
