@@ -13,6 +13,7 @@ from .reduction import weighted_reduce
 
 
 def distribution_focal_loss(pred_dist, target, reg_max=16, weight=None, reduction="none"):
+    checks.check_int("reg_max", reg_max, 1)
     checks.check_reduction(reduction)
     checks.check_float("pred_dist", pred_dist)
     if pred_dist.ndim < 2 or pred_dist.shape[-1] != reg_max + 1:
@@ -37,7 +38,9 @@ def distribution_focal_loss(pred_dist, target, reg_max=16, weight=None, reductio
 class DFLoss(nn.Layer):
     def __init__(self, reg_max=16, reduction="none", loss_weight=1.0):
         super().__init__()
+        checks.check_int("reg_max", reg_max, 1)
         checks.check_reduction(reduction)
+        checks.check_number("loss_weight", loss_weight, 0)
         self.reg_max, self.reduction, self.loss_weight = reg_max, reduction, loss_weight
 
     def forward(self, pred_dist, target, weight=None):

@@ -116,18 +116,17 @@ class FusedHarmonizedBCE(paddle.autograd.PyLayer):
         return grad * grad_out, None
 
 
-def _check_config(bins, momentum):
-    if not isinstance(bins, int) or bins < 1:
-        raise ValueError(f"bins must be a positive int, got {bins!r}")
-    if not 0 <= momentum < 1:
-        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+def _check_config(bins, momentum, loss_weight):
+    checks.check_int("bins", bins, 1)
+    checks.check_number("momentum", momentum, 0, 1, high_open=True)
+    checks.check_number("loss_weight", loss_weight, 0)
 
 
 class _GHMBase(nn.Layer):
     def __init__(self, bins, momentum, loss_weight, last_edge):
         super().__init__()
-        _check_config(bins, momentum)
-        self.bins, self.momentum, self.loss_weight = bins, float(momentum), loss_weight
+        _check_config(bins, momentum, loss_weight)
+        self.bins, self.momentum, self.loss_weight = int(bins), float(momentum), loss_weight
         self.register_buffer("edges", float32_edges(bins, last_edge), persistable=False)
         self.register_buffer("upper", upper_edges(self.edges), persistable=False)
         self.register_buffer("acc_sum", paddle.zeros([bins], dtype="float32"), persistable=True)

@@ -15,8 +15,17 @@ The build is compiled for this CPU (-march=native) into Paddle's extension direc
 default ~/.cache/paddle_extensions) under a name that hashes the source (its text and its path), the flags,
 Paddle's version and the CPU's feature flags: a changed source or another machine sharing the directory never
 loads a stale build, and two checkouts never rebuild a library the other has loaded.
-The first build takes ~15 s; later processes spend ~2 s in Paddle's up-to-date check. What the build prints
-goes to <name>.build.log in that directory; the warning of a failed build ends with the log's last lines.
+The first build takes ~15 s; later processes spend ~2 s in Paddle's up-to-date check.
+
+Locking: one build at a time is ensured by an flock on <name>.lock in that directory, which the OS releases
+when its holder dies, so a build killed with SIGKILL never blocks the next (Paddle's load has no lock of its
+own). A process that cannot take the flock within GHM_KERNEL_LOCK_TIMEOUT seconds (default 300) warns and
+runs the stock ops. A read-only directory holding the built library is loaded without writing to it (load
+would write its setup.py, build files and generated Python API); one without it means the stock ops, with a
+warning.
+
+What the build prints goes to <name>.build.log in that directory; the warning of a failed build ends with the
+log's last lines.
 """
 import contextlib
 import functools
@@ -24,6 +33,8 @@ import hashlib
 import os
 import platform
 import sys
+import tempfile
+import time
 import warnings
 
 import paddle
@@ -32,6 +43,7 @@ SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ghm_kernel.cc
 CXX_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd"]
 LD_FLAGS = ["-lmvec"]
 SWITCH = "PADDLE_IMPL_CPU_KERNELS"
+LOCK_TIMEOUT = "GHM_KERNEL_LOCK_TIMEOUT"   # seconds to wait for another process's build (default 300)
 OPS = ("ghm_slots", "ghm_counts", "ghm_harmonized_bce")
 
 
@@ -94,22 +106,75 @@ def _output_to(path):
                 os.close(copy)
 
 
-def build():
-    """Compile the kernel (or find it up to date) and import it; None, with a warning, where that fails.
-    Call it once per process (load does): Paddle imports already registered ops as an empty module."""
+def _lock_timeout():
+    return float(os.environ.get(LOCK_TIMEOUT, "300"))
+
+
+def _take_lock(lock, timeout):
+    """flock `lock` (an open file) within `timeout` seconds; False if another process holds it that long.
+    Why flock: the OS releases it when its holder dies, so a killed build never blocks the next one."""
     import fcntl  # Linux only, as is the kernel (see enabled)
 
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+
+
+def _writable(*directories):
+    return all(os.access(d, os.W_OK) for d in directories if os.path.isdir(d))
+
+
+def _load_read_only(name, build_dir):
+    """A read-only cache (e.g. one baked into an image) is used as it is when it holds the built library:
+    cpp_extension.load would write there (its setup.py, the build, the generated Python API) and fail. The
+    ops are registered from the library as load does, and their Python API is generated in a temporary
+    directory instead of beside the library."""
+    from paddle.utils.cpp_extension import extension_utils
+    library = os.path.join(build_dir, name + ".so")
+    if not os.path.isfile(library):
+        raise FileNotFoundError(f"the extension directory {build_dir} is read-only and holds no build")
+    op_names = extension_utils.load_op_meta_info_and_register_op(library)
+    with tempfile.TemporaryDirectory() as api_dir:         # the module is in memory once imported
+        return extension_utils._generate_python_module(name, op_names, api_dir)
+
+
+def _build(cpp_extension, name, root):
+    """cpp_extension.load under our lock (one build at a time when processes start together), or None if
+    another process holds it past the lock timeout."""
+    with open(os.path.join(root, name + ".lock"), "a") as lock:
+        if not _take_lock(lock, _lock_timeout()):
+            return None
+        with _output_to(os.path.join(root, name + ".build.log")):
+            return cpp_extension.load(name=name, sources=[SOURCE], extra_cxx_cflags=CXX_FLAGS,
+                                      extra_ldflags=LD_FLAGS)
+
+
+def build():
+    """Compile the kernel (or find it up to date) and import it; None, with a warning, where that fails or
+    another process's build holds the lock past GHM_KERNEL_LOCK_TIMEOUT seconds.
+    Call it once per process (load does): Paddle imports already registered ops as an empty module."""
     from paddle.utils import cpp_extension
     log_path = None
     try:
         name = build_name()
-        lock_path = os.path.join(cpp_extension.get_build_directory(), name + ".lock")
-        with open(lock_path, "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)               # one build at a time when processes start together
-            log_path = os.path.join(cpp_extension.get_build_directory(), name + ".build.log")
-            with _output_to(log_path):
-                module = cpp_extension.load(name=name, sources=[SOURCE], extra_cxx_cflags=CXX_FLAGS,
-                                            extra_ldflags=LD_FLAGS)
+        root = cpp_extension.get_build_directory()
+        build_dir = os.path.join(root, name)
+        if _writable(root, build_dir):
+            log_path = os.path.join(root, name + ".build.log")
+            module = _build(cpp_extension, name, root)
+            if module is None:
+                warnings.warn(f"GHM-C CPU kernel: another process has held its build lock ({root}/{name}.lock) "
+                              f"for {_lock_timeout():g} s; using Paddle's stock ops (same results, slower). "
+                              f"{LOCK_TIMEOUT} sets the wait.")
+                return None
+        else:
+            module = _load_read_only(name, build_dir)
         missing = [op for op in OPS if not hasattr(module, op)]
         if missing:
             raise RuntimeError(f"the built module lacks {missing}")

@@ -15,8 +15,14 @@ from .bce import bce_on_probabilities
 from .reduction import accurate_sum
 
 
+def check_config(alpha, gamma):
+    checks.check_number("alpha", alpha, 0)
+    checks.check_number("gamma", gamma, 0)
+
+
 def varifocal_loss(pred_score, gt_score, label, alpha=0.75, gamma=2.0):
     """pred_score: probabilities (..., C); gt_score: IoU targets q in [0, 1]; label: one-hot (float/int)."""
+    check_config(alpha, gamma)
     checks.check_float("pred_score", pred_score, low=0.0, high=1.0)
     checks.check_like("gt_score", gt_score, "pred_score", pred_score, low=0.0, high=1.0)
     checks.check_tensor("label", label)
@@ -36,6 +42,8 @@ def varifocal_loss(pred_score, gt_score, label, alpha=0.75, gamma=2.0):
 class VarifocalLoss(nn.Layer):
     def __init__(self, alpha=0.75, gamma=2.0, loss_weight=1.0):
         super().__init__()
+        check_config(alpha, gamma)
+        checks.check_number("loss_weight", loss_weight, 0)
         self.alpha, self.gamma, self.loss_weight = alpha, gamma, loss_weight
 
     def forward(self, pred_score, gt_score, label):

@@ -44,20 +44,13 @@ FLOAT_DTYPES = (torch.float32, torch.float64)
 TARGET_DTYPES = (torch.int32, torch.int64) + FLOAT_DTYPES
 
 
-def _check_precision(name, x):
-    # the exactness argument and the searchsorted / bincount kernels are for float32 and float64
-    if x.dtype not in FLOAT_DTYPES:
-        raise ValueError(f"{name} must be float32 or float64, got {checks.dtype_name(x)}")
-
-
 def _check_delta(delta):
     if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not math.isfinite(delta) or delta <= 0:
         raise ValueError(f"delta must be a positive finite number, got {delta!r}")
 
 
 def check_ap_inputs(logits, targets, delta):
-    checks.check_float("logits", logits)
-    _check_precision("logits", logits)
+    checks.check_float("logits", logits)             # float32 or float64: the exactness argument's dtypes
     checks.check_tensor("targets", targets)
     checks.check_shape("targets", targets, checks.shape_of(logits), f"{checks.shape_of(logits)} (the shape of logits)")
     if targets.dtype not in TARGET_DTYPES:
@@ -72,7 +65,6 @@ def check_ap_inputs(logits, targets, delta):
 
 def check_module_inputs(cls_logits, reg_preds, anchors, annotations, delta):
     checks.check_float("cls_logits", cls_logits, ndim=3)
-    _check_precision("cls_logits", cls_logits)
     batch, num_anchors, num_classes = checks.shape_of(cls_logits)
     checks.check_like("reg_preds", reg_preds, "cls_logits", cls_logits, same_shape=False)
     checks.check_shape("reg_preds", reg_preds, (batch, num_anchors, 4))

@@ -30,6 +30,7 @@ class BalancedL1Loss(nn.Module):
         for name, value in (("alpha", alpha), ("gamma", gamma), ("beta", beta)):
             checks.check_positive(name, value)
         checks.check_reduction(reduction)
+        checks.check_number("loss_weight", loss_weight, 0)
         self.alpha, self.gamma, self.beta = alpha, gamma, beta
         self.reduction, self.loss_weight = reduction, loss_weight
 

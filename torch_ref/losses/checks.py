@@ -5,10 +5,14 @@ or two numbers per argument back to the host (one sync per argument, never per e
 one pass over it: a sum, or a min/max that proves finiteness and range at once.
 """
 import math
+import numbers
 
 import torch
 
 REDUCTIONS = ("none", "mean", "sum")
+# Why not float16 / bfloat16: the losses' definitions and tolerances are float32 / float64 ones, and the twins
+# would differ (torch computes in them, Paddle's CPU kernels lack several); one message says so in both.
+FLOAT_DTYPES = (torch.float32, torch.float64)
 
 
 def dtype_name(x):
@@ -31,9 +35,33 @@ def check_reduction(reduction):
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
 
+def in_range(value, low, high=math.inf, low_open=False, high_open=False):
+    """True for a finite real number (not a bool) within the bounds; NaN fails every comparison."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        return False
+    return (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+
+
+def check_number(name, value, low, high=math.inf, low_open=False, high_open=False):
+    """A finite real number within the bounds: e.g. low=0 gives "must be >= 0", (0, 1) with high_open
+    "must be in [0, 1)"."""
+    if in_range(value, low, high, low_open, high_open):
+        return
+    if high == math.inf:
+        bounds = f"{'>' if low_open else '>='} {low:g}"
+    else:
+        bounds = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    raise ValueError(f"{name} must be a finite number {bounds}, got {value!r}")
+
+
 def check_positive(name, value):
-    if not float(value) > 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
+    check_number(name, value, 0, low_open=True)
+
+
+def check_int(name, value, low):
+    """A Python (or NumPy) integer >= low, not a bool."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
 
 
 def check_tensor(name, x):
@@ -42,10 +70,10 @@ def check_tensor(name, x):
 
 
 def check_floating(name, x):
-    """A floating-point tensor (values unchecked)."""
+    """A float32 or float64 tensor (values unchecked)."""
     check_tensor(name, x)
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got {dtype_name(x)}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{name} must be float32 or float64, got {dtype_name(x)}")
 
 
 def check_float(name, x, ndim=None, low=None, high=None, high_inclusive=True):

@@ -16,11 +16,20 @@ TORCH_REF_CPU_KERNELS=0 in the environment.
 The build is compiled for this CPU (-march=native, AVX2 code paths of ATen's Vectorized where the CPU has
 AVX2 and FMA) into torch's extension directory (TORCH_EXTENSIONS_DIR, default ~/.cache/torch_extensions)
 under a name that hashes the source (its text and its path), the flags, torch's version and the CPU's
-feature flags: a changed source or another machine sharing the directory never loads a stale build. torch
-locks the build directory itself while it builds. The first build takes ~20 s; later processes load it in
-well under a second. The ops register as torch.ops.torch_ref_ghm.{ghm_slots, ghm_counts, ghm_harmonized_bce}.
-What the build prints goes to <name>.build.log in that directory (its root, beside py311_cu*/ when the variable
-is unset); the warning of a failed build ends with the log's last lines.
+feature flags: a changed source or another machine sharing the directory never loads a stale build. The
+first build takes ~20 s; later processes load it in well under a second.
+
+Locking: torch's own lock (a `lock` file in the build directory, which load waits on for as long as it
+exists) outlives a build killed with SIGKILL and would hang every later process. So one build at a time is
+ensured by an flock on <name>.lock in the root, which the OS releases when its holder dies; under it a
+`lock` file left in the build directory is a dead build's and is removed. A process that cannot take the
+flock within GHM_KERNEL_LOCK_TIMEOUT seconds (default 300) warns and runs the stock ops. A read-only
+directory holding the built library is loaded without writing to it (load would write its lock and
+ninja's files); one without it means the stock ops, with a warning.
+
+The ops register as torch.ops.torch_ref_ghm.{ghm_slots, ghm_counts, ghm_harmonized_bce}. What the build prints
+goes to <name>.build.log in that directory (its root, beside py311_cu*/ when the variable is unset); the
+warning of a failed build ends with the log's last lines.
 """
 import contextlib
 import functools
@@ -29,6 +38,7 @@ import logging
 import os
 import platform
 import sys
+import time
 import warnings
 
 import torch
@@ -36,6 +46,7 @@ import torch
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ghm_kernel.cc")
 NAMESPACE = "torch_ref_ghm"
 SWITCH = "TORCH_REF_CPU_KERNELS"
+LOCK_TIMEOUT = "GHM_KERNEL_LOCK_TIMEOUT"   # seconds to wait for another process's build (default 300)
 OPS = ("ghm_slots", "ghm_counts", "ghm_harmonized_bce")
 LD_FLAGS = ["-fopenmp"]
 
@@ -136,8 +147,58 @@ def _output_to(path):
                 os.close(copy)
 
 
+def _lock_timeout():
+    return float(os.environ.get(LOCK_TIMEOUT, "300"))
+
+
+def _take_lock(lock, timeout):
+    """flock `lock` (an open file) within `timeout` seconds; False if another process holds it that long.
+    Why flock: the OS releases it when its holder dies, so a killed build never blocks the next one."""
+    import fcntl  # Linux only, as is the kernel (see enabled)
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+
+
+def _writable(*directories):
+    return all(os.access(d, os.W_OK) for d in directories if os.path.isdir(d))
+
+
+def _load_read_only(name, build_dir):
+    """A read-only cache (e.g. one baked into an image) is used as it is when it holds the built library:
+    cpp_extension.load would write there (its lock file, ninja's files) and fail."""
+    library = os.path.join(build_dir, name + ".so")
+    if not os.path.isfile(library):
+        raise FileNotFoundError(f"the extension directory {build_dir} is read-only and holds no build")
+    torch.ops.load_library(library)
+
+
+def _build(cpp_extension, name, root, build_dir):
+    """cpp_extension.load under our lock (one build at a time when processes start together), or None if
+    another process holds it past the lock timeout."""
+    with open(os.path.join(root, name + ".lock"), "a") as lock:
+        if not _take_lock(lock, _lock_timeout()):
+            return None
+        # Under our lock no process of ours is building, so torch's `lock` (its FileBaton, on which load
+        # would wait forever) is a killed build's.
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(build_dir, "lock"))
+        with _ninja_on_path(), _output_to(os.path.join(root, name + ".build.log")):
+            return cpp_extension.load(name=name, sources=[SOURCE], extra_cflags=cxx_flags(), extra_ldflags=LD_FLAGS,
+                                      build_directory=build_dir, is_python_module=False, with_cuda=False,
+                                      verbose=False)
+
+
 def build():
-    """Compile the kernel (or find it up to date) and load it; None, with a warning, where that fails.
+    """Compile the kernel (or find it up to date) and load it; None, with a warning, where that fails or
+    another process's build holds the lock past GHM_KERNEL_LOCK_TIMEOUT seconds.
     Call it once per process (load does): a second library registering the namespace is an error."""
     log_path = None
     try:
@@ -145,10 +206,16 @@ def build():
         name = build_name()
         root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
         os.makedirs(root, exist_ok=True)
-        log_path = os.path.join(root, name + ".build.log")
-        with _ninja_on_path(), _output_to(log_path):
-            cpp_extension.load(name=name, sources=[SOURCE], extra_cflags=cxx_flags(),
-                               extra_ldflags=LD_FLAGS, is_python_module=False, with_cuda=False, verbose=False)
+        build_dir = cpp_extension._get_build_directory(name, False)   # torch's layout (py311_cu*/ by default)
+        if _writable(root, build_dir):
+            log_path = os.path.join(root, name + ".build.log")
+            if _build(cpp_extension, name, root, build_dir) is None:
+                warnings.warn(f"GHM-C CPU kernel: another process has held its build lock ({root}/{name}.lock) "
+                              f"for {_lock_timeout():g} s; using torch's stock ops (same results, slower). "
+                              f"{LOCK_TIMEOUT} sets the wait.")
+                return None
+        else:
+            _load_read_only(name, build_dir)
         ops = getattr(torch.ops, NAMESPACE)
         missing = [op for op in OPS if not hasattr(ops, op)]
         if missing:

@@ -11,7 +11,8 @@ from . import checks
 from .reduction import weighted_reduce
 
 
-def _check_boxes(pred, target, weight, reduction):
+def _check_boxes(pred, target, eps, weight, reduction):
+    checks.check_number("eps", eps, 0)
     checks.check_reduction(reduction)
     checks.check_float("pred", pred)
     if pred.dim() < 1 or pred.shape[-1] != 4:
@@ -21,7 +22,7 @@ def _check_boxes(pred, target, weight, reduction):
 
 
 def giou_loss(pred, target, eps=1e-10, reduction="none", weight=None):
-    _check_boxes(pred, target, weight, reduction)
+    _check_boxes(pred, target, eps, weight, reduction)
     x1, y1, x2, y2 = pred[..., 0], pred[..., 1], pred[..., 2], pred[..., 3]
     x1g, y1g, x2g, y2g = target[..., 0], target[..., 1], target[..., 2], target[..., 3]
     w_inter = (torch.minimum(x2, x2g) - torch.maximum(x1, x1g)).clamp(min=0)
@@ -37,7 +38,9 @@ def giou_loss(pred, target, eps=1e-10, reduction="none", weight=None):
 class GIoULoss(nn.Module):
     def __init__(self, eps=1e-10, reduction="none", loss_weight=1.0):
         super().__init__()
+        checks.check_number("eps", eps, 0)
         checks.check_reduction(reduction)
+        checks.check_number("loss_weight", loss_weight, 0)
         self.eps, self.reduction, self.loss_weight = eps, reduction, loss_weight
 
     def forward(self, pred, target, weight=None):

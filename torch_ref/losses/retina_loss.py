@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from torch_ref.assigners.max_iou import MaxIoUAssigner
-from torch_ref.losses import GHMC, GHMR, FocalLoss, SmoothL1Loss
+from torch_ref.losses import GHMC, GHMR, FocalLoss, SmoothL1Loss, checks
 from torch_ref.losses.aploss import APLoss
 
 LOSS_TYPES = ("focal", "ghm", "aploss")
@@ -26,6 +26,7 @@ class RetinaLoss(nn.Module):
         super().__init__()
         if loss_type not in LOSS_TYPES:
             raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+        checks.check_int("num_classes", num_classes, 1)
         self.num_classes, self.box_coder, self.loss_type = num_classes, box_coder, loss_type
         self.assigner = MaxIoUAssigner(0.5, 0.4, 0.0, low_quality=True)
         if loss_type == "focal":

@@ -25,6 +25,7 @@ class SmoothL1Loss(nn.Module):
         super().__init__()
         checks.check_positive("beta", beta)
         checks.check_reduction(reduction)
+        checks.check_number("loss_weight", loss_weight, 0)
         self.beta, self.reduction, self.loss_weight = beta, reduction, loss_weight
 
     def forward(self, pred, target, weight=None):
@@ -35,6 +36,7 @@ class L1Loss(nn.Module):
     def __init__(self, reduction="sum", loss_weight=1.0):
         super().__init__()
         checks.check_reduction(reduction)
+        checks.check_number("loss_weight", loss_weight, 0)
         self.reduction, self.loss_weight = reduction, loss_weight
 
     def forward(self, pred, target, weight=None):
