@@ -67,6 +67,10 @@ def add_data(p: argparse.ArgumentParser) -> None:
 def add_weights(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", type=existing_file,
                    help="torch checkpoint (state_dict) to load instead of the seeded init")
+    p.add_argument("--allow-nonfinite", action="store_true", help="accept NaN/Inf values in --weights")
+    p.add_argument("--cast", action="store_true",
+                   help="cast integer, float16 or bfloat16 tensors of --weights to the model's float dtype "
+                        "(refused by default)")
 
 
 def positive_int(text: str) -> int:
@@ -128,8 +132,15 @@ def exit_cleanly_on_signals() -> None:
     signal.signal(signal.SIGTERM, stop)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors as one line (no usage block): `prog: error: message`, exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (-h lists the arguments)\n")
+
+
 def new_parser(doc: str | None, prog: str | None = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_debug(p)
     return p
 

@@ -23,10 +23,11 @@ from align.forward import align_forward  # noqa: E402
 from align.report import worst_key  # noqa: E402
 
 
-def run(model, dtype="float64", out="reports", weights=None, seed=0, input_shape=None, save_tensors="failing"):
+def run(model, dtype="float64", out="reports", weights=None, seed=0, input_shape=None, save_tensors="failing",
+        allow_nonfinite=False, cast=False):
     """Forward alignment of a zoo model; writes out/<model>/forward/ and returns the summary."""
     spec = zoo.get_spec(model)
-    torch_model, paddle_model = zoo.build_models(spec, weights, seed)
+    torch_model, paddle_model = zoo.build_models(spec, weights, seed, allow_nonfinite, cast)
     shape = tuple(input_shape or spec.input_shape)
     view = spec.float64_view(torch_model, shape) if spec.float64_view else None
     return align_forward(torch_model, paddle_model, spec.inputs(seed, shape), dtype,
@@ -78,7 +79,7 @@ def execute(args):
                                     save_tensors=args.save_tensors)
         else:
             summary = run(args.model, args.dtype, args.out, args.weights, args.seed, args.input_shape,
-                          args.save_tensors)
+                          args.save_tensors, args.allow_nonfinite, args.cast)
     except (CheckpointError, PairFileError) as e:
         print(f"forward_diff: error: {e}", file=sys.stderr)
         return 2

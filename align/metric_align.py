@@ -7,7 +7,8 @@ Both models (seeded weights or a torch checkpoint, converted to Paddle) predict 
 (no flip, fixed order) through the zoo spec's predict hook; predictions go back to the original image frame
 and category ids, and pycocotools' COCOeval scores each set. AP, AP50, AP75, APs/APm/APl and the recalls are
 compared (identical in float64; float32 within align.compare.check_metric's limits), with a prediction-level
-diff (paired boxes, scores, labels).
+diff (paired boxes, scores, labels). A set with no images or no ground-truth boxes is refused (DataError):
+COCOeval scores -1 on both sides there, so the check would pass having compared nothing.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from align.coco_metric import coco_eval, detections_to_coco, prediction_diff
 from align.compare import check_metric, reported
 from align.progress import progress
 from align.report import write_report
-from align.train_data import loader_pair
+from align.train_data import DataError, loader_pair
 from align.zoo import ModelSpec, build_models, get_spec
 
 
@@ -39,12 +40,14 @@ def predict_all(spec: ModelSpec, model: Any, loader: Any, label_to_cat_id: list[
 
 def run_metric(model: str, dtype: str = "float64", data: str | os.PathLike | None = None,
                weights: str | None = None, out: str | os.PathLike = "reports", seed: int = 0,
-               num_classes: int | None = None) -> dict:
+               num_classes: int | None = None, allow_nonfinite: bool = False, cast: bool = False) -> dict:
     spec = get_spec(model)
     if spec.predict is None:
         raise ValueError(f"model {model!r} has no metric hook (predict) in its zoo spec")
     t_loader, p_loader, n_cls = loader_pair(data, dtype, seed, batch_size=2, shuffle=False, flip_prob=0.0)
-    t_model, p_model = build_models(spec, weights, seed, num_classes=num_classes or n_cls)
+    if not t_loader.dataset.coco.getAnnIds():      # checked before the models are built: it costs nothing
+        raise DataError(f"--data {data or 'synthetic'}: no ground-truth boxes, the COCO metric is undefined")
+    t_model, p_model = build_models(spec, weights, seed, allow_nonfinite, cast, num_classes=num_classes or n_cls)
     for m in (t_model, p_model):
         frameworks.of(m).set_mode(frameworks.of(m).cast(m, dtype), train=False)
     label_to_cat_id = t_loader.dataset.label_to_cat_id

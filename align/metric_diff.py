@@ -5,7 +5,8 @@
 
 Both models predict on every image of the dataset; pycocotools' COCOeval scores each set; AP, AP50, AP75,
 APs/APm/APl and the recalls are compared, with a prediction-level diff (align/metric_align.py). --model
-defaults to the first zoo model with a metric hook. Writes DIR/<model>/metric/; exit 0 iff passed.
+defaults to the first zoo model with a metric hook. Writes DIR/<model>/metric/; exit 0 iff passed, 2 for
+a set with no images or no ground-truth boxes (nothing to compare).
 """
 import sys
 from pathlib import Path
@@ -29,8 +30,14 @@ def add_arguments(p):
 def execute(args):
     from align.metric_align import run_metric
     from align.runtime import configure_frameworks
+    from align.train_data import DataError
     configure_frameworks()
-    s = run_metric(args.model, args.dtype, args.data, args.weights, args.out, args.seed, args.num_classes)
+    try:
+        s = run_metric(args.model, args.dtype, args.data, args.weights, args.out, args.seed, args.num_classes,
+                       args.allow_nonfinite, args.cast)
+    except DataError as e:
+        print(f"metric_diff: error: {e}", file=sys.stderr)
+        return 2
     print(f"metric_diff {args.model} {args.dtype}: {'PASSED' if s['passed'] else 'FAILED'} "
           f"(AP torch {s['torch']['AP']:.4f} paddle {s['paddle']['AP']:.4f}, "
           f"{s['num_images']} images, {len(s['prediction_diff'].get('per_image', {}))} with predictions)")

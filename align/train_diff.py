@@ -8,10 +8,13 @@ and the loss modules' state (GHM acc_sum); the recipe is the zoo spec's (align/t
 align/train_align.py. float64: every logged value within max_rel 1e-8 at every step; float32: the first step
 against the noise floor, later steps on their float64 twins (both noises reported per step).
 Writes DIR/<model>/train/{torch.npy, paddle.npy, diff.txt, summary.json, curves.png}. While it runs,
-checkpoint_<dtype>.pkl holds both sides after the last completed step (both models and optimizers: about a GB
-for float64), so --resume continues an interrupted run; a completed run deletes it unless --keep-checkpoint.
---no-checkpoint skips writing it (the CI gate never resumes).
-Exit 0 iff passed.
+checkpoint_<dtype>.npz holds both sides after the last completed step (both models and optimizers: about a GB
+for float64; plain arrays and JSON, never pickles), so --resume continues an interrupted run; a completed run
+deletes it unless --keep-checkpoint. --no-checkpoint skips writing it (the CI gate never resumes).
+--resume refuses a checkpoint made with another model, dtype, seed, --data or batch size (naming each), or
+past this run's --steps; more --steps than the checkpoint's continue the same trajectory. Without a checkpoint
+it warns and starts at step 0.
+Exit 0 iff passed, 1 if not, 2 for an unreadable or refused checkpoint or a dataset with no images.
 """
 import sys
 from pathlib import Path
@@ -32,7 +35,7 @@ def add_arguments(p):
     cli_args.add_seed(p)
     p.add_argument("--resume", action="store_true", help="continue from the last completed step")
     p.add_argument("--keep-checkpoint", action="store_true",
-                   help="keep checkpoint_<dtype>.pkl after the run (to --resume it later with more --steps)")
+                   help="keep checkpoint_<dtype>.npz after the run (to --resume it later with more --steps)")
     p.add_argument("--no-checkpoint", action="store_true",
                    help="do not write the per-step checkpoint (about a GB per step in float64; no --resume)")
 
@@ -47,6 +50,7 @@ def execute(args):
     from align.pair_file import PairFileError, load_pair
     from align.runtime import configure_frameworks
     from align.train_align import align_train, run_train
+    from align.train_data import DataError
     from weights_convert.checkpoint_io import CheckpointError
     configure_frameworks()
     try:
@@ -60,7 +64,7 @@ def execute(args):
             args.steps = args.steps or 10
             summary = run_train(args.model, args.steps, args.dtype, args.data, args.out, args.seed, args.resume,
                                 args.keep_checkpoint, checkpoint=not args.no_checkpoint)
-    except (CheckpointError, PairFileError) as e:
+    except (CheckpointError, PairFileError, DataError) as e:
         print(f"train_diff: error: {e}", file=sys.stderr)
         return 2
     sec = summary["seconds_per_step"]

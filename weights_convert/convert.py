@@ -4,17 +4,26 @@ command line is `python -m align convert`, which knows the models by name):
     python -m align convert --model retina_r50 --src model.pth --dst model.pdparams
     python -m align convert --model resnet50 --src torchvision_resnet50.pth --dst r50.pdparams
 
-The direction comes from the file types (.pdparams is Paddle; .pt/.pth/.bin/.ckpt are torch, else a zip
-file is torch). Strict: the source must hold exactly the keys of the model, with the model's shapes; every
-missing, unexpected and mis-shaped key is reported in one error (exit status 2). Values are copied
-bit-exactly (Linear weights transposed), so torch -> Paddle -> torch gives back the same bytes.
+The direction comes from the file types (.pdparams is Paddle; .pt/.pth/.bin/.ckpt/.tar are torch; another
+suffix: a zip is torch, a pickle Paddle). Strict: the source must hold exactly the keys of the model, with
+the model's shapes; every missing, unexpected and mis-shaped key is reported in one error (exit status 2).
+Then validate_state refuses NaN/Inf values and integer/low-precision tensors in float slots (opt-ins:
+allow_nonfinite, cast). Values are copied bit-exactly (Linear weights transposed), so torch -> Paddle ->
+torch gives back the same keys, shapes, dtypes and values (not the same file bytes: torch.save names the
+zip's inner folder at random).
 """
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
-from weights_convert.checkpoint_io import CheckpointError, framework_of, load_checkpoint, save_checkpoint
+from weights_convert.checkpoint_io import (
+    CheckpointError,
+    framework_of,
+    load_checkpoint,
+    save_checkpoint,
+    validate_state,
+)
 from weights_convert.rules import linear_weight_keys, torch_key_to_paddle
 
 KeyRule = Callable[[str], "str | None"]
@@ -98,16 +107,26 @@ def paddle_to_torch(state: dict, layout: ModelLayout, what: str = "Paddle checkp
     return out
 
 
-def convert_file(layout: ModelLayout, src: str, dst: str) -> tuple[str, str]:
+def paddle_dtypes(layout: ModelLayout) -> dict:
+    """{Paddle key: dtype name}: the torch model's dtypes under the key rule (the twins mirror each other)."""
+    return {layout.key_rule(k): dt for k, dt in layout.torch_dtypes.items() if layout.key_rule(k) is not None}
+
+
+def convert_file(layout: ModelLayout, src: str, dst: str, allow_nonfinite: bool = False,
+                 cast: bool = False) -> tuple[str, str]:
     """Convert src to dst (direction from the file types) for the model of `layout`; returns (src framework,
-    dst framework)."""
-    src_fw, state = load_checkpoint(src)
-    dst_fw = framework_of(dst, must_exist=False)
+    dst framework). Keys and shapes are checked first, then the values (validate_state)."""
+    src_fw, dst_fw = framework_of(src), framework_of(dst, must_exist=False)
     if src_fw == dst_fw:
         raise CheckpointError(f"{src} and {dst} are both {src_fw} checkpoints: nothing to convert")
+    _, state = load_checkpoint(src)
     if src_fw == "torch":
+        check_keys(state, layout.torch_shapes, f"{src} (torch)")
+        state = validate_state(state, src, layout.torch_dtypes, allow_nonfinite, cast)
         out = torch_to_paddle(state, layout, what=f"{src} (torch)")
     else:
+        check_keys(state, layout.paddle_shapes, f"{src} (Paddle)")
+        state = validate_state(state, src, paddle_dtypes(layout), allow_nonfinite, cast)
         out = paddle_to_torch(state, layout, what=f"{src} (Paddle)")
     save_checkpoint(out, dst, dst_fw)
     return src_fw, dst_fw

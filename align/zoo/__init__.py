@@ -133,19 +133,24 @@ def build_twins(spec: ModelSpec, **overrides) -> tuple[Any, Any]:
     return spec.build_torch(**kw), spec.build_paddle(**kw)
 
 
-def build_models(spec: ModelSpec, weights: str | None = None, seed: int = 0, **overrides) -> tuple[Any, Any]:
-    """The torch model (seeded init or a torch checkpoint) and its Paddle twin holding the same weights."""
+def build_models(spec: ModelSpec, weights: str | None = None, seed: int = 0, allow_nonfinite: bool = False,
+                 cast: bool = False, **overrides) -> tuple[Any, Any]:
+    """The torch model (seeded init or a torch checkpoint) and its Paddle twin holding the same weights.
+    A checkpoint's NaN/Inf values and narrower or integer dtypes where the model holds floats are refused
+    unless allow_nonfinite / cast (weights_convert.checkpoint_io.validate_state)."""
     import torch
 
     from align.seeded_init import seeded_init_torch
-    from weights_convert.checkpoint_io import load_torch
+    from weights_convert.checkpoint_io import load_torch, validate_state
     from weights_convert.convert import check_keys, layout_from_models
     from weights_convert.transfer import copy_torch_to_paddle
 
     torch_model, paddle_model = build_twins(spec, **overrides)
     if weights:
         state = load_torch(weights)
-        check_keys(state, layout_from_models(torch_model, paddle_model, spec.key_rule).torch_shapes, f"{weights}")
+        layout = layout_from_models(torch_model, paddle_model, spec.key_rule)
+        check_keys(state, layout.torch_shapes, f"{weights}")
+        state = validate_state(state, weights, layout.torch_dtypes, allow_nonfinite, cast)
         torch_model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
     else:
         seeded_init_torch(torch_model, seed)
@@ -153,10 +158,11 @@ def build_models(spec: ModelSpec, weights: str | None = None, seed: int = 0, **o
     return torch_model, paddle_model
 
 
-def build_pair(name: str, seed: int = 0, weights: str | None = None) -> tuple[Any, Any, dict[str, np.ndarray]]:
+def build_pair(name: str, seed: int = 0, weights: str | None = None, allow_nonfinite: bool = False,
+               cast: bool = False) -> tuple[Any, Any, dict[str, np.ndarray]]:
     """(torch model, Paddle twin holding the torch model's weights, default inputs as NumPy arrays)."""
     spec = get_spec(name)
-    torch_model, paddle_model = build_models(spec, weights, seed)
+    torch_model, paddle_model = build_models(spec, weights, seed, allow_nonfinite, cast)
     return torch_model, paddle_model, spec.inputs(seed)
 
 
