@@ -67,3 +67,19 @@ def test_weights_with_nan_are_refused_naming_the_key(tmp_path):
     assert res.returncode == 2 and len(lines) == 1 and "fc.bias" in lines[0] and "--allow-nonfinite" in lines[0], \
         res.stderr[-2000:]
     assert not (tmp_path / "resnet50").exists()
+
+
+@pytest.mark.parametrize("content, says", [("[1, 2]", "expected a COCO JSON object, found a list"),
+                                           ('{"images": [], "annotations": []}', "'categories' must be a list"),
+                                           ('{"images": {}, "annotations": [], "categories": []}',
+                                            "'images' must be a list, it is a dict"),
+                                           ("garbage{", "not a readable JSON file")])
+def test_bad_annotation_files_are_one_line_errors(tmp_path, content, says):
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "images").mkdir()
+    ann = tmp_path / "annotations" / "instances.json"
+    ann.write_text(content)
+    res = _run("metric", "--model", "retina_r50", "--data", str(ann), "--out", str(tmp_path / "out"))
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 2 and len(lines) == 1 and says in lines[0], res.stderr[-2000:]
+    assert not (tmp_path / "out").exists()

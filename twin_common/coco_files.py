@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -14,14 +15,37 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+COCO_FIELDS = {"images": list, "annotations": list, "categories": list}
+
+
+def check_annotations(ann_file: str | os.PathLike) -> dict:
+    """The annotation json, checked for what pycocotools asserts or indexes without a message: a JSON object
+    with 'images', 'annotations' and 'categories' lists; ValueError naming the file and the field."""
+    try:
+        data = json.loads(Path(ann_file).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"ann_file {ann_file}: not a readable JSON file ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"ann_file {ann_file}: expected a COCO JSON object, found a {type(data).__name__}")
+    for field, kind in COCO_FIELDS.items():
+        if not isinstance(data.get(field), kind):
+            found = "missing" if field not in data else f"a {type(data[field]).__name__}"
+            raise ValueError(f"ann_file {ann_file}: '{field}' must be a list, it is {found}")
+    return data
+
 
 def load_coco(ann_file: str | os.PathLike, quiet: bool = True) -> Any:
-    """pycocotools COCO for ann_file, without its progress printing unless quiet=False."""
+    """pycocotools COCO for ann_file (checked first: check_annotations), without its progress printing
+    unless quiet=False."""
     from pycocotools.coco import COCO
     if not Path(ann_file).is_file():
         raise ValueError(f"ann_file: no such annotation file: {ann_file}")
+    data = check_annotations(ann_file)
+    coco = COCO()
+    coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
-        return COCO(str(ann_file))
+        coco.createIndex()
+    return coco
 
 
 def resolve_layout(root: str | os.PathLike, ann_file: str | os.PathLike | None = None,
