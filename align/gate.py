@@ -141,7 +141,7 @@ def check_timeout() -> float:
 def regenerate(out: str, keep_tensors: bool = False) -> tuple[list[str], dict[str, float]]:
     """Run every manifest check, each within check_timeout(); returns the folders they write and
     {folder: seconds} of those stopped at the limit (a timeout is a failure)."""
-    checks, limit, timed_out = manifest.checks(), check_timeout(), {}
+    checks, seconds, timed_out = manifest.checks(), check_timeout(), {}
     for limit in manifest.limits():
         print(f"gate: known limit, not run: {limit.tool} {limit.model} {limit.dtype}: {limit.reason}")
     for check in progress(checks, "gate", len(checks)):
@@ -149,10 +149,10 @@ def regenerate(out: str, keep_tensors: bool = False) -> tuple[list[str], dict[st
         start = time.perf_counter()
         try:
             res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **check.env},
-                                 timeout=limit)
+                                 timeout=seconds)
         except subprocess.TimeoutExpired:
-            timed_out[check.folder] = limit
-            print(f"gate: ran {' '.join(cmd[1:])} -> TIMED OUT after {limit:.0f}s", flush=True)
+            timed_out[check.folder] = seconds
+            print(f"gate: ran {' '.join(cmd[1:])} -> TIMED OUT after {seconds:.0f}s", flush=True)
             continue
         tail = (res.stdout.strip().splitlines() or [""])[-1]
         env = " ".join(f"{k}={v}" for k, v in check.env.items())

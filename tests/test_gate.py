@@ -66,7 +66,8 @@ def test_regenerate_stops_a_check_at_the_time_limit(tmp_path, monkeypatch):
     slow = manifest.Check("forward", "slow", "float64", "float64", "float64/slow/forward")
     monkeypatch.setattr(manifest.Check, "argv", lambda self, out: ["python", "-c", "import time; time.sleep(30)"])
     monkeypatch.setattr(manifest, "checks", lambda: [slow])
-    monkeypatch.setattr(manifest, "limits", lambda: [])
+    known = manifest.Limit("train", "slow", "float32", "a known limit, printed")        # names must not clash
+    monkeypatch.setattr(manifest, "limits", lambda: [known])
     monkeypatch.setenv("ALIGN_GATE_TIMEOUT", "1")
     folders, timed_out = regenerate(str(tmp_path))
     assert folders == [slow.folder] and timed_out == {slow.folder: 1.0}
