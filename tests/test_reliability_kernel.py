@@ -5,6 +5,7 @@ build is used as it is. Each check loads one twin in a fresh process (bounded by
 directory: a copy of one complete build, made once per module (copied from the user's cache where that already
 holds it, else built here, ~1-2 min)."""
 import contextlib
+import functools
 import os
 import platform
 import shutil
@@ -86,6 +87,17 @@ def run_load(fw, cache, **env):
     return status, done.stderr, elapsed
 
 
+@functools.lru_cache(maxsize=None)
+def build_name(fw):
+    """fw's build name as a fresh process computes it (the loads run in fresh processes; this test process's
+    modules may have been altered by other tests: after tests/test_ghm_kernel.py its torch name differed)."""
+    module = FRAMEWORKS[fw].kernel.__name__
+    done = subprocess.run([sys.executable, "-c", f"import {module} as k; print(k.build_name())"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()[-1]
+
+
 def warnings_in(stderr):
     return stderr.count("UserWarning: GHM-C CPU kernel")
 
@@ -93,7 +105,7 @@ def warnings_in(stderr):
 def _user_build(fw):
     """The directory of fw's complete build in the user's extension directory, or None."""
     f = FRAMEWORKS[fw]
-    name = f.kernel.build_name()
+    name = build_name(fw)
     root = Path(os.environ.get(f.var) or f.default_root())
     found = [p for p in (*root.glob(f"{name}/{name}.so"), *root.glob(f"*/{name}/{name}.so")) if p.is_file()]
     return found[0].parent if found else None
@@ -149,7 +161,7 @@ def test_lock_left_by_a_killed_build_is_ignored(built, fw, tmp_path):
     case, torch's 0-byte `lock` in the build directory (torch's load would wait on it forever): the next
     load uses the build, and removes torch's lock."""
     cache = copy_of(built, fw, tmp_path)
-    name = FRAMEWORKS[fw].kernel.build_name()
+    name = build_name(fw)
     left = [cache / f"{name}.lock"] + ([cache / name / "lock"] if fw == "torch" else [])
     for path in left:
         path.write_bytes(b"")
@@ -161,7 +173,7 @@ def test_lock_left_by_a_killed_build_is_ignored(built, fw, tmp_path):
 
 def test_live_builder_is_waited_on_for_the_lock_timeout_then_stock_ops(built, fw, tmp_path):
     cache = copy_of(built, fw, tmp_path)
-    lock = cache / f"{FRAMEWORKS[fw].kernel.build_name()}.lock"
+    lock = cache / f"{build_name(fw)}.lock"
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(lock)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "held\n"
