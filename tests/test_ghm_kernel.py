@@ -166,6 +166,24 @@ def test_kernel_names_mismatched_inputs(fw):
         k.ghm_harmonized_bce(a, a, a, upper, fw.tensor(np.ones(10, "float32")), 10)
 
 
+def test_a_build_leaves_the_build_name_unchanged(fw, monkeypatch):
+    """torch's cpp_extension.load appends its own flags to the extra_ldflags list it is given; handing it our
+    module-level list changed build_name() for the rest of the process (a second build would go elsewhere)."""
+    before = fw.kernel.build_name()
+
+    def load(**kwargs):                      # what torch's load does to its arguments, then "built" without ops
+        for key in ("extra_ldflags", "extra_cflags", "extra_cxx_cflags"):
+            if key in kwargs:
+                kwargs[key] += ["-lappended_by_load"]
+        return object()
+    monkeypatch.setattr(fw.cpp_extension(), "load", load)
+    if fw.kernel is torch_kernel:
+        monkeypatch.setattr(torch_kernel, "NAMESPACE", "torch_ref_ghm_never_registered")
+    with pytest.warns(UserWarning):
+        fw.kernel.build()
+    assert fw.kernel.build_name() == before
+
+
 def test_stock_path_serves_when_the_build_fails(fw, monkeypatch, stock_ops):
     """A failed build (or a library without the ops) warns, names why, and GHM-C computes the same loss on
     stock ops."""

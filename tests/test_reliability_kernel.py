@@ -89,8 +89,8 @@ def run_load(fw, cache, **env):
 
 @functools.lru_cache(maxsize=None)
 def build_name(fw):
-    """fw's build name as a fresh process computes it (the loads run in fresh processes; this test process's
-    modules may have been altered by other tests: after tests/test_ghm_kernel.py its torch name differed)."""
+    """fw's build name as the fresh processes that load the kernels compute it (what another test did to this
+    process's modules cannot move it)."""
     module = FRAMEWORKS[fw].kernel.__name__
     done = subprocess.run([sys.executable, "-c", f"import {module} as k; print(k.build_name())"], cwd=ROOT,
                           capture_output=True, text=True, timeout=TIMEOUT)

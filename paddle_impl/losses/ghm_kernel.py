@@ -40,8 +40,8 @@ import warnings
 import paddle
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ghm_kernel.cc")
-CXX_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd"]
-LD_FLAGS = ["-lmvec"]
+CXX_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd")
+LD_FLAGS = ("-lmvec",)       # a tuple: cpp_extension.load may extend the list it is given
 SWITCH = "PADDLE_IMPL_CPU_KERNELS"
 LOCK_TIMEOUT = "GHM_KERNEL_LOCK_TIMEOUT"   # seconds to wait for another process's build (default 300)
 OPS = ("ghm_slots", "ghm_counts", "ghm_harmonized_bce")
@@ -60,7 +60,7 @@ def build_name():
     digest = hashlib.sha1()
     with open(SOURCE, "rb") as f:
         digest.update(f.read())
-    for part in (SOURCE, " ".join(CXX_FLAGS + LD_FLAGS), paddle.__version__, _cpu_flags()):
+    for part in (SOURCE, " ".join(list(CXX_FLAGS) + list(LD_FLAGS)), paddle.__version__, _cpu_flags()):
         digest.update(part.encode())
     return "ghm_kernel_" + digest.hexdigest()[:12]
 
@@ -151,8 +151,8 @@ def _build(cpp_extension, name, root):
         if not _take_lock(lock, _lock_timeout()):
             return None
         with _output_to(os.path.join(root, name + ".build.log")):
-            return cpp_extension.load(name=name, sources=[SOURCE], extra_cxx_cflags=CXX_FLAGS,
-                                      extra_ldflags=LD_FLAGS)
+            return cpp_extension.load(name=name, sources=[SOURCE], extra_cxx_cflags=list(CXX_FLAGS),
+                                      extra_ldflags=list(LD_FLAGS))
 
 
 def build():

@@ -48,7 +48,7 @@ NAMESPACE = "torch_ref_ghm"
 SWITCH = "TORCH_REF_CPU_KERNELS"
 LOCK_TIMEOUT = "GHM_KERNEL_LOCK_TIMEOUT"   # seconds to wait for another process's build (default 300)
 OPS = ("ghm_slots", "ghm_counts", "ghm_harmonized_bce")
-LD_FLAGS = ["-fopenmp"]
+LD_FLAGS = ("-fopenmp",)     # a tuple: cpp_extension.load appends its own flags to the list it is given
 
 
 @functools.lru_cache(maxsize=None)
@@ -73,7 +73,7 @@ def build_name():
     digest = hashlib.sha1()
     with open(SOURCE, "rb") as f:
         digest.update(f.read())
-    for part in (SOURCE, " ".join(cxx_flags() + LD_FLAGS), torch.__version__, _cpu_flags()):
+    for part in (SOURCE, " ".join(cxx_flags() + list(LD_FLAGS)), torch.__version__, _cpu_flags()):
         digest.update(part.encode())
     return "ghm_kernel_" + digest.hexdigest()[:12]
 
@@ -191,7 +191,7 @@ def _build(cpp_extension, name, root, build_dir):
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(build_dir, "lock"))
         with _ninja_on_path(), _output_to(os.path.join(root, name + ".build.log")):
-            return cpp_extension.load(name=name, sources=[SOURCE], extra_cflags=cxx_flags(), extra_ldflags=LD_FLAGS,
+            return cpp_extension.load(name=name, sources=[SOURCE], extra_cflags=cxx_flags(), extra_ldflags=list(LD_FLAGS),
                                       build_directory=build_dir, is_python_module=False, with_cuda=False,
                                       verbose=False)
 
