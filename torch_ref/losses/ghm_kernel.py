@@ -192,8 +192,8 @@ def _build(cpp_extension, name, root, build_dir):
             os.remove(os.path.join(build_dir, "lock"))
         with _ninja_on_path(), _output_to(os.path.join(root, name + ".build.log")):
             return cpp_extension.load(name=name, sources=[SOURCE], extra_cflags=cxx_flags(),
-                                      extra_ldflags=list(LD_FLAGS), build_directory=build_dir, is_python_module=False, with_cuda=False,
-                                      verbose=False)
+                                      extra_ldflags=list(LD_FLAGS), build_directory=build_dir,
+                                      is_python_module=False, with_cuda=False, verbose=False)
 
 
 def build():
