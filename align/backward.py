@@ -27,7 +27,7 @@ from align.compare import check_dtype, compare_runs, reported
 from align.events import decisions_of, float32_verdicts
 from align.explain import diagnose
 from align.forward import _cast_inputs, call_model, torch_kernel_variant
-from align.hooks import flatten_outputs
+from align.hooks import call_key, flatten_outputs, post_hooks, tensors_in
 from align.report import write_report
 
 
@@ -76,9 +76,7 @@ def output_gradients(model: Any) -> Iterator[tuple[list, dict]]:
         def hook(module, inputs, output):
             call = counts.get(name, 0)
             counts[name] = call + 1
-            flat = []
-            flatten_outputs("", output, lambda t: t if fw.is_tensor(t) else None, flat)
-            for sub, tensor in flat:
+            for sub, tensor in tensors_in(fw, output):
                 if fw.requires_grad(tensor):
                     fw.register_grad_hook(tensor, keeper(call, sub))
 
@@ -87,12 +85,8 @@ def output_gradients(model: Any) -> Iterator[tuple[list, dict]]:
                 arrived.append((name, call, sub, fw.to_numpy(grad)))
             return keep
         return hook
-    handles = [fw.register_post_hook(m, hook_for(n)) for n, m in fw.named_submodules(model)]
-    try:
+    with post_hooks(model, hook_for):
         yield arrived, counts
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def backward_order(arrived: list, counts: dict, grads: dict[str, np.ndarray]) -> OrderedDict:
@@ -103,7 +97,7 @@ def backward_order(arrived: list, counts: dict, grads: dict[str, np.ndarray]) ->
         owned.setdefault(key.rpartition(".")[0], []).append(key)
     log = OrderedDict()
     for i, (name, call, sub, grad) in enumerate(arrived):
-        base = f"outgrad.{name}#{call}" if counts.get(name, 1) > 1 else f"outgrad.{name}"
+        base = "outgrad." + call_key(name, call, counts.get(name, 1))
         log[f"{base}.{sub}" if sub else base] = grad
         if last[name] == i:
             log.update((f"grad.{k}", grads[k]) for k in owned.pop(name, []))

@@ -99,16 +99,25 @@ def writable_dir(text: str) -> str:
     path = os.path.abspath(text)
     if os.path.exists(path) and not os.path.isdir(path):
         raise argparse.ArgumentTypeError(f"{text!r} is a file, not a folder")
-    probe = path
+    problem = cannot_write_under(path)
+    if problem:
+        raise argparse.ArgumentTypeError(f"cannot create {text!r}: {problem}")
+    return text
+
+
+def cannot_write_under(path: str) -> str | None:
+    """Why `path` (a folder, or a file to be written) cannot be created under its nearest existing ancestor,
+    or None. A real write tells more than os.access, which says yes to root even on a read-only mount."""
+    probe = os.path.abspath(path)
     while not os.path.exists(probe):
         probe = os.path.dirname(probe)
     if not os.path.isdir(probe):
-        raise argparse.ArgumentTypeError(f"cannot create {text!r}: {probe!r} is a file")
-    try:                        # os.access says yes to root even on a read-only file system: try it
+        return f"{probe!r} is a file"
+    try:
         tempfile.TemporaryFile(dir=probe).close()
     except OSError as e:
-        raise argparse.ArgumentTypeError(f"cannot write under {probe!r}: {e.strerror}") from None
-    return text
+        return f"cannot write in {probe!r} ({e.strerror or type(e).__name__})"
+    return None
 
 
 def existing_path(text: str) -> str:

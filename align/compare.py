@@ -348,6 +348,13 @@ def worst_passed_ratio(results: dict[str, dict]) -> tuple[str, float]:
     return max(rows, key=lambda kv: kv[1]) if rows else ("", 0.0)
 
 
+def check_float64_or_exact(reference: np.ndarray, other: np.ndarray, fp64_max_rel: float = FP64_MAX_REL) -> dict:
+    """The float64 rule for floating tensors, equality for integer and boolean ones."""
+    if np.issubdtype(np.asarray(reference).dtype, np.floating):
+        return check_float64(reference, other, fp64_max_rel)
+    return check_exact(reference, other)
+
+
 def compare_runs(dtype: str, torch_run: dict[str, np.ndarray], paddle_run: dict[str, np.ndarray],
                  torch_run64: dict[str, np.ndarray] | None = None, paddle_run64: dict[str, np.ndarray] | None = None,
                  fp64_max_rel: float = FP64_MAX_REL,
@@ -368,10 +375,8 @@ def compare_runs(dtype: str, torch_run: dict[str, np.ndarray], paddle_run: dict[
         if key not in paddle_run:
             continue
         t, p = np.asarray(t), np.asarray(paddle_run[key])
-        if not np.issubdtype(t.dtype, np.floating):
-            results[key] = check_exact(t, p)
-        elif dtype == "float64":
-            results[key] = check_float64(t, p, fp64_max_rel)
+        if dtype == "float64" or not np.issubdtype(t.dtype, np.floating):
+            results[key] = check_float64_or_exact(t, p, fp64_max_rel)
         else:
             variants = [(v32[key], v64[key]) for v32, v64 in torch_variants if key in v32 and key in v64]
             results[key] = check_float32(t, p, torch_run64[key], paddle_run64[key], fp64_max_rel=fp64_max_rel,

@@ -17,7 +17,6 @@ takes the layout from the zoo's twins.
 """
 import os
 import sys
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -63,15 +62,8 @@ def path_problem(src, dst):
         return str(e)
     if src_fw == dst_fw:
         return f"{src} and {dst} are both {src_fw} checkpoints: nothing to convert"
-    folder = os.path.dirname(os.path.abspath(dst))
-    while not os.path.exists(folder):          # atomic_path creates missing folders under the first existing one
-        folder = os.path.dirname(folder)
-    try:                                       # a real write tells more than os.access (root, read-only mounts)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        return f"{dst}: cannot write in {folder} ({e.strerror or type(e).__name__})"
-    return None
+    problem = cli_args.cannot_write_under(os.path.dirname(os.path.abspath(dst)))   # atomic_path makes the rest
+    return f"{dst}: {problem}" if problem else None
 
 
 def _error(message):

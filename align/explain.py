@@ -19,7 +19,7 @@ import numpy as np
 
 from align import frameworks, known_differences
 from align.compare import compare_runs
-from align.hooks import flatten_outputs
+from align.hooks import flatten_outputs, post_hooks, tensors_in
 
 
 def module_classes(model: Any) -> dict[str, str]:
@@ -58,9 +58,7 @@ def _capture(module: Any, grads: bool):
 
     def post_hook(mod, inputs, output):
         entry = calls[-1]
-        flat = []
-        flatten_outputs("", output, lambda t: t if fw.is_tensor(t) else None, flat)
-        for sub, tensor in flat:
+        for sub, tensor in tensors_in(fw, output):
             if grads and fw.requires_grad(tensor):
                 fw.register_grad_hook(tensor, _keeper(entry["grad"], sub, fw))
     handles = [fw.register_pre_hook(module, pre_hook), fw.register_post_hook(module, post_hook)]
@@ -101,9 +99,8 @@ def _alone(module: Any, calls: list[dict], dtype: str, backward: bool) -> dict[s
             continue
         xs = [tensor(a, grad=isinstance(a, np.ndarray) and np.issubdtype(a.dtype, np.floating))
               for a in call["inputs"]]
-        flat = []
-        flatten_outputs("", module(*xs), lambda t: t if fw.is_tensor(t) else None, flat)
-        terms = [fw.sum64(y * fw.tensor(call["grad"][sub].astype(dtype))) for sub, y in flat if sub in call["grad"]]
+        terms = [fw.sum64(y * fw.tensor(call["grad"][sub].astype(dtype)))
+                 for sub, y in tensors_in(fw, module(*xs)) if sub in call["grad"]]
         fw.backward(sum(terms[1:], terms[0]))
         out.update((f"ingrad.call{k}.{i}", fw.grad_of(x, np.shape(call["inputs"][i])))
                    for i, x in enumerate(xs) if fw.is_tensor(x) and fw.requires_grad(x))
@@ -142,19 +139,15 @@ def replay_locality(torch_model: Any, paddle_model: Any, module: str, call: int 
 
 def forward_calls(model: Any, run: Callable[[], Any]) -> list[tuple[str, int]]:
     """(module, call) of every submodule call in the order the calls finish, during run()."""
-    fw, order, counts = frameworks.of(model), [], {}
+    order, counts = [], {}
 
     def hook_for(name):
         def hook(module, inputs, output):
             order.append((name, counts.get(name, 0)))
             counts[name] = order[-1][1] + 1
         return hook
-    handles = [fw.register_post_hook(m, hook_for(n)) for n, m in fw.named_submodules(model)]
-    try:
+    with post_hooks(model, hook_for):
         run()
-    finally:
-        for h in handles:
-            h.remove()
     return order
 
 

@@ -8,7 +8,8 @@ so later in-place ops cannot alter them.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -40,7 +41,8 @@ class _Recorder:
     def __init__(self, to_numpy, store=None, keep=True, sink=None, counts=None):
         self.to_numpy, self.keep, self.sink, self.reference = to_numpy, keep, sink, counts or {}
         self.store = store if store is not None else TensorStore()
-        self.calls = []  # (module name, [(subkey, store key)]) in execution order
+        self.calls = []  # (module name, [(subkey, store key)]) in execution order, stored runs
+        self.sunk: list[str] = []  # keys handed to the sink, sink runs
         self.counts: dict[str, int] = {}
 
     def hook_for(self, name: str) -> Callable:
@@ -52,20 +54,19 @@ class _Recorder:
             k = self.counts.get(name, 0)
             self.counts[name] = k + 1
             if self.sink is not None:
-                base = f"{name}#{k}" if k or self.reference.get(name, 1) > 1 else name
-                keys = [f"{base}.{sub}" if sub else base for sub, _ in flat]
-                for key, (_, arr) in zip(keys, flat):
-                    self.sink(key, arr)
-                self.calls.append((name, list(zip(keys, keys))))
+                base = call_key(name, k, max(self.reference.get(name, 1), k + 1))
+                for sub, arr in flat:
+                    self.sunk.append(f"{base}.{sub}" if sub else base)
+                    self.sink(self.sunk[-1], arr)
                 return
             for i, (_, arr) in enumerate(flat):
                 self.store.put(f"{len(self.calls)}:{i}", arr)
             self.calls.append((name, [(sub, f"{len(self.calls)}:{i}") for i, (sub, _) in enumerate(flat)]))
         return hook
 
-
     def keys(self) -> list[str]:
-        return [key for _, flat in self.calls for _, key in flat]
+        """The keys handed to the sink, in order."""
+        return list(self.sunk)
 
     def records(self) -> TensorStore:
         names = {}
@@ -75,8 +76,13 @@ class _Recorder:
         return self.store.renamed(names)
 
 
+def call_key(name: str, call: int, calls: int) -> str:
+    """The key of call `call` of a module called `calls` times: 'name' when once, else 'name#k'."""
+    return name if calls == 1 and call == 0 else f"{name}#{call}"
+
+
 def call_keys(names: list[str]) -> list[str]:
-    """One key per call, in call order: 'name' for a module called once, 'name#k' for its k-th call."""
+    """One key per call, in call order (call_key)."""
     counts = {}
     for name in names:
         counts[name] = counts.get(name, 0) + 1
@@ -84,34 +90,34 @@ def call_keys(names: list[str]) -> list[str]:
     for name in names:
         k = seen.get(name, 0)
         seen[name] = k + 1
-        keys.append(name if counts[name] == 1 else f"{name}#{k}")
+        keys.append(call_key(name, k, counts[name]))
     return keys
 
 
-class record:
-    """Context manager: `with record(model) as rec: model(x)`; then `rec.records()`. Either framework."""
-
-    def __init__(self, model, store=None, keep=True, sink=None, counts=None):
-        self.model, self.fw = model, frameworks.of(model)
-        self.recorder = _Recorder(self.fw.numpy_view, store, keep, sink, counts)   # the store copies
-        self.handles = []
-
-    def __enter__(self):
-        for name, module in self.fw.named_submodules(self.model):
-            self.handles.append(self.fw.register_post_hook(module, self.recorder.hook_for(name)))
-        return self.recorder
-
-    def __exit__(self, *exc):
-        for h in self.handles:
+@contextlib.contextmanager
+def post_hooks(model: Any, hook_for: Callable[[str], Callable]) -> Iterator[None]:
+    """Inside the block, hook_for(name) is a forward post-hook on every named submodule of either framework."""
+    fw = frameworks.of(model)
+    handles = [fw.register_post_hook(m, hook_for(n)) for n, m in fw.named_submodules(model)]
+    try:
+        yield
+    finally:
+        for h in handles:
             h.remove()
-        self.handles.clear()
-        return False
 
 
-def match_records(torch_records: dict[str, np.ndarray],
-                  paddle_records: dict[str, np.ndarray]) -> tuple[list[str], dict[str, list[str]]]:
-    """Split into matched keys (torch execution order) and the names found on one side only."""
-    matched = [k for k in torch_records if k in paddle_records]
-    torch_only = [k for k in torch_records if k not in paddle_records]
-    paddle_only = [k for k in paddle_records if k not in torch_records]
-    return matched, {"torch_only": torch_only, "paddle_only": paddle_only}
+def tensors_in(fw: Any, value: Any) -> list[tuple[str, Any]]:
+    """(subkey, tensor) of every tensor inside an output (flatten_outputs' names), the tensors themselves."""
+    flat = []
+    flatten_outputs("", value, lambda t: t if fw.is_tensor(t) else None, flat)
+    return flat
+
+
+@contextlib.contextmanager
+def record(model: Any, store: TensorStore | None = None, keep: bool = True, sink: Callable | None = None,
+           counts: dict | None = None) -> Iterator[_Recorder]:
+    """`with record(model) as rec: model(x)`; then `rec.records()` (or rec.keys() with a sink). Either
+    framework."""
+    recorder = _Recorder(frameworks.of(model).numpy_view, store, keep, sink, counts)   # the store copies
+    with post_hooks(model, recorder.hook_for):
+        yield recorder

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -18,7 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
-from twin_common.atomic import pid_alive
+from twin_common.atomic import remove_dead, umask
 
 REPORT_FILES = ("summary.json", "diff.txt", "torch.npy", "paddle.npy", "numpy.npy", "divergence.png", "curves.png")
 TENSOR_LOGS = ("torch.npy", "paddle.npy", "numpy.npy")      # the gate may prune these once a check passed
@@ -37,14 +38,6 @@ def sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def remove_stale(parent: Path) -> None:
-    """Remove temporary report folders under parent whose owning process is gone."""
-    for entry in parent.glob(f".*{_TMP}*"):
-        pid = entry.name.split(_TMP, 1)[1].split("-", 1)[0]
-        if pid.isdigit() and not pid_alive(int(pid)):
-            shutil.rmtree(entry, ignore_errors=True)
-
-
 @contextlib.contextmanager
 def whole_folder(out_dir: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary folder; on success it becomes out_dir in one rename (the old one, if any, is
@@ -53,11 +46,11 @@ def whole_folder(out_dir: str | os.PathLike) -> Iterator[Path]:
     out_dir = Path(out_dir)
     parent = out_dir.parent
     parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(parent)
+    remove_dead(parent, r"\..*" + re.escape(_TMP) + r"(?P<pid>\d+)-.*")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}{_TMP}{os.getpid()}-", dir=parent))
     try:
         yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())
+        os.chmod(tmp, 0o777 & ~umask())
         for attempt in range(20):       # another run may be swapping the same folder: take turns
             old = None
             if out_dir.exists():
@@ -89,12 +82,6 @@ def _carry_over(old: Path, new: Path) -> None:
     for entry in old.iterdir():
         if entry.name not in REPORT_FILES and not entry.name.startswith(".") and not (new / entry.name).exists():
             os.replace(entry, new / entry.name)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def verify(folder: str | os.PathLike, summary: dict) -> list[str]:

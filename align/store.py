@@ -19,7 +19,7 @@ from typing import Iterator
 
 import numpy as np
 
-from twin_common.atomic import pid_alive
+from twin_common.atomic import remove_dead
 
 STATS_FIELDS = ("mean", "std", "min", "max", "l2_norm", "size")
 IN_MEMORY_BYTES = 1 << 20          # tensors below 1 MB stay in memory whatever the budget
@@ -44,14 +44,6 @@ def tensor_stats(value: np.ndarray) -> np.ndarray:
     return np.array([a.mean(), a.std(), a.min(), a.max(), np.sqrt(a @ a), a.size])
 
 
-def _remove_stale(folder: str | os.PathLike) -> None:
-    """Remove the tensor folders of runs that were killed before they could (their PID is in the name)."""
-    for name in os.listdir(folder):
-        pid = name[len(".tensors-"):].split("-", 1)[0] if name.startswith(".tensors-") else ""
-        if pid.isdigit() and not pid_alive(int(pid)):
-            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
-
-
 class _Stats:
     """A key whose tensor was not kept, only its tensor_stats."""
 
@@ -66,7 +58,7 @@ class TensorStore(Mapping):
     def __init__(self, folder: str | os.PathLike | None = None):
         if folder is not None:
             os.makedirs(folder, exist_ok=True)
-            _remove_stale(folder)
+            remove_dead(folder, r"\.tensors-(?P<pid>\d+)-.*")     # what killed runs left
             folder = tempfile.mkdtemp(prefix=f".tensors-{os.getpid()}-", dir=folder)
         self.folder = folder
         self._items: OrderedDict = OrderedDict()

@@ -1,18 +1,26 @@
 """Atomic file output: a crash or a bad input never leaves a half-written file behind."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import shutil
 import tempfile
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 
+def umask() -> int:
+    """The process umask (reading it means setting it: set it back at once)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _default_mode():
     """What open() would give a new file: 0o666 less the process umask (mkstemp's files are 0o600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+    return 0o666 & ~umask()
 
 
 def pid_alive(pid: int) -> bool:
@@ -28,21 +36,22 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def _remove_stale(folder: str, base: str) -> None:
-    """Remove temp files of `base` left by processes that died before renaming them (SIGKILL, power loss)."""
-    prefix = "." + base + "."
+def remove_dead(folder: str | os.PathLike, pattern: str) -> None:
+    """Remove the entries of `folder` (files or folders) whose whole name matches the regex `pattern` and whose
+    PID (its group 'pid') is not a live process: temporaries of runs killed before they could clean up."""
     try:
         names = os.listdir(folder)
     except OSError:
         return
     for name in names:
-        if name.startswith(prefix) and ".tmp" in name:
-            pid = name[len(prefix):].split(".", 1)[0]
-            if pid.isdigit() and not pid_alive(int(pid)):
-                try:
-                    os.remove(os.path.join(folder, name))
-                except OSError:
-                    pass
+        found = re.fullmatch(pattern, name)
+        if found and not pid_alive(int(found["pid"])):
+            path = os.path.join(folder, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.remove(path)
 
 
 @contextmanager
@@ -55,7 +64,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    _remove_stale(folder, os.path.basename(path))
+    remove_dead(folder, re.escape(f".{os.path.basename(path)}.") + r"(?P<pid>\d+)\..*\.tmp.*")
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.{os.getpid()}.", suffix=".tmp" + suffix)
     os.close(fd)
     try:
