@@ -68,3 +68,27 @@ def float64_detection_view(records32: dict[str, np.ndarray], records64: dict[str
             view[f"{base}.{k}"] = records32[f"{base}.{k}"]
         i += 1
     return view
+
+
+def float64_selection_view(records32: dict[str, np.ndarray], records64: dict[str, np.ndarray],
+                           scores_key: str = "output.scores", boxes_key: str = "output.boxes",
+                           prefix: str = "output") -> dict[str, np.ndarray]:
+    """Float64 values of the detections selected in a float32 run, for detectors that output their
+    pre-selection scores (N, C, L) and decoded boxes (N, L, 4): each detection's float64 score and box are the
+    float64 run's values at its (label, anchor_index)."""
+    all_scores, all_boxes = records64[scores_key], records64[boxes_key]
+    view = {}
+    i = 0
+    while f"{prefix}.detections.{i}.count" in records32:
+        base = f"{prefix}.detections.{i}"
+        n = int(records32[f"{base}.count"][0])
+        idx, labels = records32[f"{base}.anchor_index"][:n], records32[f"{base}.labels"][:n]
+        boxes = np.zeros_like(records32[f"{base}.boxes"], dtype=np.float64)
+        scores = np.zeros_like(records32[f"{base}.scores"], dtype=np.float64)
+        boxes[:n] = all_boxes[i][idx]
+        scores[:n] = all_scores[i][labels, idx]
+        view[f"{base}.boxes"], view[f"{base}.scores"] = boxes, scores
+        for k in ("count", "labels", "anchor_index"):
+            view[f"{base}.{k}"] = records32[f"{base}.{k}"]
+        i += 1
+    return view

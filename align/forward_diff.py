@@ -1,14 +1,15 @@
 """Does the Paddle twin compute the same function as the torch model? Which layer diverges first?
 
     python align/forward_diff.py --model retina_r50 [--dtype float32|float64] [--weights TORCH_CKPT]
-                                 [--out DIR] [--seed N] [--input-shape N,3,H,W]
+                                 [--out DIR] [--seed N] [--input-shape N,3,H,W] [--deploy]
     python align/forward_diff.py --list
 
 Builds the torch model (seeded init, or --weights), converts its weights into the Paddle twin, feeds
 identical seeded inputs, runs both in eval mode and compares every named submodule's output and what the
 zoo spec adds (a detector: head outputs, anchors, post-processed detections). Writes
 DIR/<model>/forward/{torch.npy, paddle.npy, diff.txt, summary.json}; exit status 0 iff the check passed
-(2 for bad arguments or weights).
+(2 for bad arguments or weights). --deploy aligns the models' inference form instead (PP-YOLOE: RepVGG blocks
+folded, in each framework), in DIR/<model>/forward_deploy/.
 """
 import argparse
 import sys
@@ -24,15 +25,21 @@ from align.report import worst_key  # noqa: E402
 
 
 def run(model, dtype="float64", out="reports", weights=None, seed=0, input_shape=None, save_tensors="failing",
-        allow_nonfinite=False, cast=False):
-    """Forward alignment of a zoo model; writes out/<model>/forward/ and returns the summary."""
+        allow_nonfinite=False, cast=False, deploy=False):
+    """Forward alignment of a zoo model; writes out/<model>/forward/ (deploy: forward_deploy/) and returns the
+    summary."""
     spec = zoo.get_spec(model)
+    if deploy and spec.deploy is None:
+        raise ValueError(f"--deploy: model {model!r} has no deploy form")
     torch_model, paddle_model = zoo.build_models(spec, weights, seed, allow_nonfinite, cast)
+    if deploy:
+        torch_model, paddle_model = (spec.deploy(m, dtype) for m in (torch_model, paddle_model))
     shape = tuple(input_shape or spec.input_shape)
     view = spec.float64_view(torch_model, shape) if spec.float64_view else None
     return align_forward(torch_model, paddle_model, spec.inputs(seed, shape), dtype,
-                         str(Path(out) / model / "forward"), spec.outputs, check=f"forward:{model}",
-                         extra={"model": model, "seed": seed, "weights": weights or "seeded init"},
+                         str(Path(out) / model / ("forward_deploy" if deploy else "forward")), spec.outputs,
+                         check=f"forward:{model}", extra={"model": model, "seed": seed, "deploy": deploy,
+                                                          "weights": weights or "seeded init"},
                          float64_view=view, save_tensors=save_tensors)
 
 
@@ -53,6 +60,7 @@ def add_arguments(p):
     cli_args.add_out(p)
     cli_args.add_seed(p)
     p.add_argument("--input-shape", type=_shape, help="N,3,H,W (default: the model's own)")
+    p.add_argument("--deploy", action="store_true", help="align the deployed form (PP-YOLOE: RepVGG folded)")
     cli_args.add_pair(p)
     cli_args.add_save_tensors(p)
     p.add_argument("--list", action="store_true", help="list the available models")
@@ -64,6 +72,8 @@ def execute(args):
             print(f"{name:18s} {zoo.get_spec(name).description}")
         return 0
     cli_args.model_or_pair(args)
+    if args.deploy and (args.pair or zoo.get_spec(args.model).deploy is None):
+        args.parser.error(f"--deploy: {args.pair or args.model} has no deploy form")
     from align.pair_file import PairFileError, load_pair
     from align.runtime import configure_frameworks
     from weights_convert.checkpoint_io import CheckpointError
@@ -79,7 +89,7 @@ def execute(args):
                                     save_tensors=args.save_tensors)
         else:
             summary = run(args.model, args.dtype, args.out, args.weights, args.seed, args.input_shape,
-                          args.save_tensors, args.allow_nonfinite, args.cast)
+                          args.save_tensors, args.allow_nonfinite, args.cast, args.deploy)
     except (CheckpointError, PairFileError) as e:
         print(f"forward_diff: error: {e}", file=sys.stderr)
         return 2
@@ -87,7 +97,7 @@ def execute(args):
     print(f"forward_diff {args.model} {args.dtype}: {'PASSED' if summary['passed'] else 'FAILED'} "
           f"({summary['num_keys']} tensors, worst max_rel {worst[1]:.3e} at {worst[0]}, "
           f"first divergence: {summary['first_divergence']}, {time.perf_counter() - start:.1f}s)")
-    print(f"report: {Path(args.out) / args.model / 'forward'}")
+    print(f"report: {Path(args.out) / args.model / ('forward_deploy' if args.deploy else 'forward')}")
     return 0 if summary["passed"] else 1
 
 

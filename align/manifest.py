@@ -56,6 +56,9 @@ def _model_checks(spec: zoo.ModelSpec) -> list[Check]:
             out.append(Check(tool, name, dtype, r, f"{r}/{name}/{tool}", ("--model", name, *args), env or {},
                              plan.tolerances.get(f"{tool}:{dtype}", {})))
     add("forward", plan.forward)
+    for dtype in plan.deploy:
+        out.append(Check("forward", name, dtype, dtype, f"{dtype}/{name}/forward_deploy", ("--model", name, "--deploy"),
+                         {}, plan.tolerances.get(f"forward:{dtype}", {})))
     add("backward", plan.backward)
     add("train", plan.train, ("--steps", str(plan.train_steps), "--no-checkpoint"))
     add("metric", plan.metric)

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from align import frameworks
-from align.seeded_init import seeded_init_torch
 from weights_convert.transfer import copy_torch_to_paddle
 
 if TYPE_CHECKING:
@@ -62,7 +61,7 @@ def build_training_pair(spec: ModelSpec, num_classes: int, seed: int = 0,
     from align.zoo import build_twins
     train = _train_spec(spec)
     t_model, p_model = build_twins(spec, num_classes=num_classes)
-    seeded_init_torch(t_model, seed)
+    spec.seeded_init(t_model, seed)
     if train.head_init is not None:
         train.head_init(t_model, seed)
     copy_torch_to_paddle(t_model, p_model, spec.key_rule)

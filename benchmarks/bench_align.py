@@ -1,14 +1,16 @@
 """What does forward alignment cost at a real image size? Peak memory, wall time and report size of
-align_forward on retina_r50, against the plain forward passes it needs.
+align_forward on a zoo model (retina_r50 by default), against the plain forward passes it needs.
 
     python benchmarks/bench_align.py            # 2x3x800x1344 (a COCO batch) and 1x3x512x640, both dtypes
     python benchmarks/bench_align.py --quick    # 1x3x128x160, smoke test (tests/test_benchmarks.py)
+    python benchmarks/bench_align.py --model ppyoloe_l --shape 2,3,320,320 --max-seconds 60
 
 Each measurement runs in its own process (peak RSS is per process); build and weight copy are not timed.
 "plain" is the forward passes alone, in eval mode without hooks: float64 alignment needs torch and Paddle in
 float64, float32 alignment needs both in float32 and float64 (the noise floor; it also reruns torch's float32
 pass on its other convolution backend, counted in its own time). Targets: peak RSS <= 12 GB at 2x3x800x1344,
 <= 5 GB at 1x3x512x640 in float64, a report <= 100 MB, alignment wall time <= 1.5x the plain passes.
+With --shape: that size alone, and with --max-seconds a wall-time target for each dtype's alignment.
 Exit 1 when a target is missed (not checked with --quick).
 """
 import argparse
@@ -28,8 +30,8 @@ sys.path.insert(0, {root!r})
 from align.runtime import configure_frameworks
 configure_frameworks()
 from align import frameworks, zoo
-mode, dtype, shape, out = {mode!r}, {dtype!r}, {shape!r}, {out!r}
-spec = zoo.get_spec("retina_r50")
+mode, dtype, shape, out, model = {mode!r}, {dtype!r}, {shape!r}, {out!r}, {model!r}
+spec = zoo.get_spec(model)
 t, p = zoo.build_models(spec, None, 0)
 inputs = spec.inputs(0, shape)
 start = time.perf_counter()
@@ -45,18 +47,18 @@ if mode == "plain":
     report = 0
 else:
     from align.forward_diff import run
-    summary = run("retina_r50", dtype, out, input_shape=shape)
+    summary = run(model, dtype, out, input_shape=shape)
     assert summary["passed"], summary["first_divergence"]
-    report = sum(f.stat().st_size for f in (Path(out) / "retina_r50" / "forward").rglob("*") if f.is_file())
+    report = sum(f.stat().st_size for f in (Path(out) / model / "forward").rglob("*") if f.is_file())
 seconds = time.perf_counter() - start
 print(json.dumps({{"seconds": seconds, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                   "report_bytes": report}}))
 """
 
 
-def measure(mode, dtype, shape):
+def measure(mode, dtype, shape, model="retina_r50"):
     with tempfile.TemporaryDirectory() as out:
-        code = CHILD.format(root=str(ROOT), mode=mode, dtype=dtype, shape=tuple(shape), out=out)
+        code = CHILD.format(root=str(ROOT), mode=mode, dtype=dtype, shape=tuple(shape), out=out, model=model)
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
         raise SystemExit(f"bench_align: {mode} {dtype} {shape} failed:\n{proc.stderr[-3000:]}")
@@ -67,21 +69,28 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="one small size, targets not checked")
     ap.add_argument("--only", choices=("coco", "512"), help="one of the two sizes")
+    ap.add_argument("--model", default="retina_r50", help="a zoo model (default retina_r50)")
+    ap.add_argument("--shape", type=lambda t: tuple(int(v) for v in t.split(",")), help="N,3,H,W: this size alone")
+    ap.add_argument("--max-seconds", type=float, help="wall-time target of each dtype's alignment")
     args = ap.parse_args(argv)
     cases = [((1, 3, 128, 160), None)] if args.quick else [((2, 3, 800, 1344), 12 * GB), ((1, 3, 512, 640), 5 * GB)]
     cases = [c for c in cases if args.only is None or (c[0][0] == 2) == (args.only == "coco")]
+    if args.shape:
+        cases = [(args.shape, None)]
     ok = True
     print(f"{'shape':>16} {'dtype':>8} {'align s':>8} {'plain s':>8} {'ratio':>6} {'align RSS':>10} "
           f"{'plain RSS':>10} {'report':>9}  targets")
     for shape, rss_target in cases:
         for dtype in ("float64", "float32"):
-            a, b = measure("align", dtype, shape), measure("plain", dtype, shape)
+            a, b = measure("align", dtype, shape, args.model), measure("plain", dtype, shape, args.model)
             ratio = a["seconds"] / b["seconds"]
             checks = []
             if rss_target is not None and (dtype == "float64" or shape[0] == 2):
                 checks.append(("RSS", a["peak_rss"] <= rss_target, f"<= {rss_target / GB:.0f} GB"))
             if not args.quick:
                 checks += [("report", a["report_bytes"] <= 100 * 1e6, "<= 100 MB"), ("time", ratio <= 1.5, "<= 1.5x")]
+            if args.max_seconds is not None:
+                checks.append(("wall", a["seconds"] <= args.max_seconds, f"<= {args.max_seconds:.0f} s"))
             ok &= all(passed for _, passed, _ in checks)
             verdict = ", ".join(f"{name} {want}: {'ok' if passed else 'MISSED'}" for name, passed, want in checks)
             print(f"{'x'.join(map(str, shape)):>16} {dtype:>8} {a['seconds']:8.1f} {b['seconds']:8.1f} {ratio:6.2f} "

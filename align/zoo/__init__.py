@@ -51,6 +51,7 @@ class GatePlan:
     on purpose (the manifest lists it with its reason)."""
 
     forward: tuple = ("float64", "float32")
+    deploy: tuple = ()                                # forward of the deployed twins (ModelSpec.deploy)
     isa_reruns: bool = True                           # float32 forward again under each align.manifest ISA cap
     backward: tuple = ("float64", "float32")
     train: tuple = ()
@@ -84,6 +85,10 @@ class ModelSpec:
     predict: Callable[[Any, Any, list], list] | None = None
     key_rule: Callable[[str], str | None] | None = None  # torch key -> Paddle key (None: weights_convert.rules)
     gate: GatePlan = GatePlan()
+    # init(torch_model, seed): the seeded initial weights (None: align.seeded_init.seeded_init_torch)
+    init: Callable[[Any, int], Any] | None = None
+    # deploy(model, dtype) -> model: the inference form (e.g. RepVGG folds), in the model's own framework
+    deploy: Callable[[Any, str], Any] | None = None
 
     def levels(self) -> tuple:
         """The tools that can run this model."""
@@ -92,6 +97,10 @@ class ModelSpec:
 
     def inputs(self, seed: int = 0, shape: tuple | None = None) -> dict[str, np.ndarray]:
         return self.make_inputs(tuple(shape or self.input_shape), seed)
+
+    def seeded_init(self, torch_model: Any, seed: int = 0) -> Any:
+        from align.seeded_init import seeded_init_torch
+        return (self.init or seeded_init_torch)(torch_model, seed)
 
 
 MODELS: dict[str, ModelSpec] = {}
@@ -140,7 +149,6 @@ def build_models(spec: ModelSpec, weights: str | None = None, seed: int = 0, all
     unless allow_nonfinite / cast (weights_convert.checkpoint_io.validate_state)."""
     import torch
 
-    from align.seeded_init import seeded_init_torch
     from weights_convert.checkpoint_io import load_torch, validate_state
     from weights_convert.convert import check_keys, layout_from_models
     from weights_convert.transfer import copy_torch_to_paddle
@@ -153,7 +161,7 @@ def build_models(spec: ModelSpec, weights: str | None = None, seed: int = 0, all
         state = validate_state(state, weights, layout.torch_dtypes, allow_nonfinite, cast)
         torch_model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
     else:
-        seeded_init_torch(torch_model, seed)
+        spec.seeded_init(torch_model, seed)
     copy_torch_to_paddle(torch_model, paddle_model, spec.key_rule)
     return torch_model, paddle_model
 
