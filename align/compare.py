@@ -245,11 +245,12 @@ def check_exact(reference: np.ndarray, other: np.ndarray) -> dict:
     return stats
 
 
-def check_exact_events(reference: np.ndarray, other: np.ndarray, moved: int, unexplained: int) -> dict:
-    """Integer decisions that float32 rounding may flip (GHM bins): every differing element must be
-    explained as an event (e.g. a value within a few ulps of a bin edge)."""
+def check_exact_events(reference: np.ndarray, other: np.ndarray, moved: int, unexplained: int,
+                       event: str = "moved") -> dict:
+    """Integer decisions that float32 rounding may flip (GHM bins, selected detections): every differing element
+    must be explained as an event (e.g. a value within a few ulps of a bin edge); event names the count."""
     stats = check_exact(reference, other)
-    stats.update(rule="exact-events", events={"moved": int(moved)}, unexplained=int(unexplained),
+    stats.update(rule="exact-events", events={event: int(moved)}, unexplained=int(unexplained),
                  ratio=0.0 if unexplained == 0 else float("inf"), passed=unexplained == 0)
     return stats
 

@@ -44,51 +44,47 @@ def _levels(records, name, prefix):
     return [records[k] for k in keys]
 
 
-def float64_detection_view(records32: dict[str, np.ndarray], records64: dict[str, np.ndarray], image_size: tuple,
-                           means: Sequence[float], stds: Sequence[float],
-                           prefix: str = "output") -> dict[str, np.ndarray]:
-    """Float64 values of the detections selected in a float32 run, from that framework's float64 run."""
-    anchors = np.concatenate(_levels(records64, "anchors", prefix)).astype(np.float64)
-    logits = np.concatenate(_levels(records64, "cls_scores", prefix), axis=1).astype(np.float64)
-    deltas = np.concatenate(_levels(records64, "bbox_preds", prefix), axis=1).astype(np.float64)
-    view = {}
-    i = 0
-    while f"{prefix}.detections.{i}.count" in records32:
-        base = f"{prefix}.detections.{i}"
-        n = int(records32[f"{base}.count"][0])
-        idx = records32[f"{base}.anchor_index"][:n]
-        labels = records32[f"{base}.labels"][:n]
-        boxes = np.zeros_like(records32[f"{base}.boxes"], dtype=np.float64)
-        scores = np.zeros_like(records32[f"{base}.scores"], dtype=np.float64)
-        boxes[:n] = delta_decode(anchors[idx], deltas[i, idx], means, stds, max_shape=image_size)
-        scores[:n] = 1.0 / (1.0 + np.exp(-logits[i, idx, labels]))
-        view[f"{base}.boxes"] = boxes
-        view[f"{base}.scores"] = scores
-        for k in ("count", "labels", "anchor_index"):
-            view[f"{base}.{k}"] = records32[f"{base}.{k}"]
-        i += 1
-    return view
+def delta_values(image_size: tuple, means: Sequence[float], stds: Sequence[float], prefix: str = "output"):
+    """values(records64, image, labels, anchors) -> (boxes, scores) in float64 for a detector that logs per-level
+    cls_scores (logits), bbox_preds (deltas) and anchors (RetinaNet): decode and sigmoid at those anchors."""
+    def values(records64, image, labels, anchors):
+        all_anchors = np.concatenate(_levels(records64, "anchors", prefix)).astype(np.float64)
+        logits = np.concatenate(_levels(records64, "cls_scores", prefix), axis=1)[image].astype(np.float64)
+        deltas = np.concatenate(_levels(records64, "bbox_preds", prefix), axis=1)[image].astype(np.float64)
+        boxes = delta_decode(all_anchors[anchors], deltas[anchors], means, stds, max_shape=image_size)
+        return boxes, 1.0 / (1.0 + np.exp(-logits[anchors, labels]))
+    return values
 
 
-def float64_selection_view(records32: dict[str, np.ndarray], records64: dict[str, np.ndarray],
-                           scores_key: str = "output.scores", boxes_key: str = "output.boxes",
-                           prefix: str = "output") -> dict[str, np.ndarray]:
-    """Float64 values of the detections selected in a float32 run, for detectors that output their
-    pre-selection scores (N, C, L) and decoded boxes (N, L, 4): each detection's float64 score and box are the
-    float64 run's values at its (label, anchor_index)."""
-    all_scores, all_boxes = records64[scores_key], records64[boxes_key]
+def selection_values(scores_key: str = "output.scores", boxes_key: str = "output.boxes"):
+    """values(...) for a detector that logs its pre-selection scores (N, C, L) and decoded boxes (N, L, 4)
+    (PP-YOLOE): the float64 run's values at each (label, anchor)."""
+    def values(records64, image, labels, anchors):
+        return (np.asarray(records64[boxes_key][image], np.float64)[anchors],
+                np.asarray(records64[scores_key][image], np.float64)[labels, anchors])
+    return values
+
+
+def images(records: dict, prefix: str = "output") -> list[str]:
+    """The detection bases ("output.detections.<i>") of a run, in image order."""
+    out = []
+    while f"{prefix}.detections.{len(out)}.count" in records:
+        out.append(f"{prefix}.detections.{len(out)}")
+    return out
+
+
+def float64_view(records32: dict[str, np.ndarray], records64: dict[str, np.ndarray], values) -> dict[str, np.ndarray]:
+    """Float64 values of the detections selected in a float32 run: values(records64, image, labels, anchors)
+    evaluated at each float32 detection's (label, anchor_index)."""
     view = {}
-    i = 0
-    while f"{prefix}.detections.{i}.count" in records32:
-        base = f"{prefix}.detections.{i}"
+    for i, base in enumerate(images(records32)):
         n = int(records32[f"{base}.count"][0])
         idx, labels = records32[f"{base}.anchor_index"][:n], records32[f"{base}.labels"][:n]
         boxes = np.zeros_like(records32[f"{base}.boxes"], dtype=np.float64)
         scores = np.zeros_like(records32[f"{base}.scores"], dtype=np.float64)
-        boxes[:n] = all_boxes[i][idx]
-        scores[:n] = all_scores[i][labels, idx]
+        if n:
+            boxes[:n], scores[:n] = values(records64, i, labels, idx)
         view[f"{base}.boxes"], view[f"{base}.scores"] = boxes, scores
         for k in ("count", "labels", "anchor_index"):
             view[f"{base}.{k}"] = records32[f"{base}.{k}"]
-        i += 1
     return view

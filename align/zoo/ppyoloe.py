@@ -5,8 +5,9 @@ Spec: ../shared/specs/ppyoloe.md. Forward alignment covers every module, the dec
 post-processed detections (PaddleDetection's multi-class NMS); --deploy aligns the RepVGG-folded twins.
 """
 from align import frameworks
-from align.detections import float64_selection_view, pad_detections
+from align.detections import pad_detections, selection_values
 from align.seeded_init import seeded_init_torch
+from align.selections import DetectionView
 from align.zoo import GatePlan, ModelSpec, register
 
 # scale: (depth_mult, width_mult), configs/ppyoloe/ppyoloe_crn_{s,m,l,x}_300e_coco.yml
@@ -33,7 +34,8 @@ def detector_outputs(model, tensors):
 
 
 def detection_view(torch_model, shape):
-    return float64_selection_view
+    cfg = torch_model.nms_cfg
+    return DetectionView(selection_values(), cfg["score_threshold"], cfg["nms_threshold"], cfg["keep_top_k"])
 
 
 def seeded_init(model, seed=0):

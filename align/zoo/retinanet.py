@@ -3,8 +3,9 @@ and its three training variants (Focal, GHM-C + GHM-R, AP-Loss), all with Retina
 import math
 
 from align import frameworks
-from align.detections import float64_detection_view, pad_detections
+from align.detections import delta_values, pad_detections
 from align.seeded_init import tensor_rng
+from align.selections import DetectionView
 from align.training import Recipe
 from align.zoo import GatePlan, ModelSpec, TrainSpec, register
 
@@ -27,8 +28,9 @@ def detector_outputs(model, tensors):
 
 
 def detection_view(torch_model, shape):
-    coder = torch_model.box_coder
-    return lambda r32, r64: float64_detection_view(r32, r64, tuple(shape)[-2:], coder.means, coder.stds)
+    coder, m = torch_model.box_coder, torch_model
+    return DetectionView(delta_values(tuple(shape)[-2:], coder.means, coder.stds), m.score_thresh, m.nms_thresh,
+                         m.detections_per_img)
 
 
 def predict(model, images, image_sizes):
