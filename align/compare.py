@@ -186,23 +186,29 @@ def check_float32(torch32: np.ndarray, paddle32: np.ndarray, torch64: np.ndarray
     the floor to its envelope."""
     return float32_verdict(diff_stats(torch32, paddle32), scale_of(torch64), max_abs_diff(torch32, torch64),
                            [max_abs_diff(v, r) for v, r in torch_variants], max_abs_diff(paddle32, paddle64),
-                           diff_stats(torch64, paddle64)["max_rel"], multiple, fp64_max_rel)
+                           diff_stats(torch64, paddle64)["max_rel"], multiple, fp64_max_rel,
+                           [max_abs_diff(v, paddle32) for v, _ in torch_variants])
 
 
 def float32_verdict(cross: dict, scale: float, noise_torch: float, noise_alt: Sequence[float],
                     noise_paddle: float, float64_max_rel: float, multiple: float = NOISE_MULTIPLE,
-                    fp64_max_rel: float = FP64_MAX_REL) -> dict:
+                    fp64_max_rel: float = FP64_MAX_REL, cross_alt: Sequence[float] = ()) -> dict:
     """check_float32 from its parts, each measured when its runs were at hand (align/forward.py compares
     runs as they arrive): cross = diff_stats(torch32, paddle32), scale = max|torch64|, the noises are
     max|float32 - float64| of torch, of torch's other kernels and of Paddle, float64_max_rel that of
-    diff_stats(torch64, paddle64)."""
+    diff_stats(torch64, paddle64), cross_alt max|variant32 - paddle32| of each of torch's other kernels: the
+    judged difference is Paddle's distance to the nearest of torch's legitimate float32 runs."""
     stats = dict(cross)
     if scale > 0 and np.isfinite(stats["max_abs"]):
         stats["max_rel"] = stats["max_abs"] / scale
     stats.update(_floor_fields(noise_torch, list(noise_alt), noise_paddle, scale, multiple))
-    stats["ratio_to_floor"] = _ratio(stats["max_abs"], stats["noise_floor"])
+    judged = min([stats["max_abs"], *cross_alt])
+    if cross_alt:
+        stats.update(max_abs_torch_variant=min(cross_alt), nearest_torch_run="default" if judged == stats["max_abs"]
+                     else "variant")
+    stats["ratio_to_floor"] = _ratio(judged, stats["noise_floor"])
     stats["float64_max_rel"] = float64_max_rel
-    return _judge_float32(stats, "float32", stats["max_abs"], multiple, fp64_max_rel)
+    return _judge_float32(stats, "float32", judged, multiple, fp64_max_rel)
 
 
 def check_float32_events(torch32: np.ndarray, paddle32: np.ndarray, ref_torch: np.ndarray, ref_paddle: np.ndarray,

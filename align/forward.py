@@ -159,21 +159,24 @@ def _float64(torch_model, paddle_model, inputs, outputs_fn, float64_view, save_t
 
 def _float32(torch_model, paddle_model, inputs, outputs_fn, float64_view, save_tensors, new_store):
     """Five runs, each module output measured against the runs before it as it arrives, so that only three are
-    stored: torch float64 (S64), torch float32 (S32, torch's log), torch float32 on its other kernels (its
-    noise), Paddle float32 (P32, Paddle's log; cross difference against S32), Paddle float64 (its noise against
-    P32, the float64 agreement against S64: the verdict). The final outputs are compared at the end, where
-    float64_view replaces each selection's float64 values (align.compare, float32 rule)."""
+    stored: torch float64 (S64), torch float32 (S32, torch's log), Paddle float32 (P32, Paddle's log; cross
+    difference against S32), torch float32 on its other kernels (its noise, and its distance to P32), Paddle
+    float64 (its noise against P32, the float64 agreement against S64: the verdict). The final outputs are
+    compared at the end, where float64_view replaces each selection's float64 values (align.compare, float32
+    rule) and judges the selections themselves (align.selections)."""
     s64 = run_side(torch_model, inputs, "float64", outputs_fn, new_store())
     ref, s32, p32, parts, results = s64.records, new_store(), new_store(), {}, {}
 
     def torch32(key, value):
         s32.put(key, value)
         if key in ref and np.issubdtype(value.dtype, np.floating):
-            parts[key] = {"noise_torch": max_abs_diff(value, ref[key]), "noise_alt": []}
+            parts[key] = {"noise_torch": max_abs_diff(value, ref[key]), "noise_alt": [], "cross_alt": []}
 
     def variant(key, value):
         if key in parts:
             parts[key]["noise_alt"].append(max_abs_diff(value, ref[key]))
+            if key in p32:
+                parts[key]["cross_alt"].append(max_abs_diff(value, p32[key]))
 
     def paddle32(key, value):
         p32.put(key, value)
@@ -189,11 +192,12 @@ def _float32(torch_model, paddle_model, inputs, outputs_fn, float64_view, save_t
         if part is not None and "cross" in part:
             reference = ref[key]
             results[key] = float32_verdict(part["cross"], scale_of(reference), part["noise_torch"], part["noise_alt"],
-                                           max_abs_diff(p32[key], value), diff_stats(reference, value)["max_rel"])
+                                           max_abs_diff(p32[key], value), diff_stats(reference, value)["max_rel"],
+                                           cross_alt=part["cross_alt"])
     t = run_side(torch_model, inputs, "float32", outputs_fn, sink=torch32, counts=s64.counts)
-    with torch_kernel_variant():
-        alt = run_side(torch_model, inputs, "float32", outputs_fn, sink=variant, counts=s64.counts)
     p = run_side(paddle_model, inputs, "float32", outputs_fn, sink=paddle32, counts=s64.counts)
+    with torch_kernel_variant():       # after Paddle's run: its distance to Paddle's stored values is measured too
+        alt = run_side(torch_model, inputs, "float32", outputs_fn, sink=variant, counts=s64.counts)
     p64 = run_side(paddle_model, inputs, "float64", outputs_fn, sink=paddle64, counts=s64.counts)
     for model in (torch_model, paddle_model):
         frameworks.of(model).cast(model, "float32")
