@@ -20,10 +20,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CHECKS = {
     "forward": [("forward resnet50", ["align/forward_diff.py", "--model", "resnet50"], "resnet50/forward"),
-                ("forward retina_r50", ["align/forward_diff.py", "--model", "retina_r50"], "retina_r50/forward")],
+                ("forward retina_r50", ["align/forward_diff.py", "--model", "retina_r50"], "retina_r50/forward"),
+                ("forward ppyoloe_l", ["align/forward_diff.py", "--model", "ppyoloe_l"], "ppyoloe_l/forward")],
     "backward": [("backward resnet50", ["align/backward_diff.py", "--model", "resnet50"], "resnet50/backward"),
                  ("backward retina_r50_aploss", ["align/backward_diff.py", "--model", "retina_r50_aploss"],
-                  "retina_r50_aploss/backward")],
+                  "retina_r50_aploss/backward"),
+                 ("backward ppyoloe_s", ["align/backward_diff.py", "--model", "ppyoloe_s"], "ppyoloe_s/backward")],
     "loss": [("loss all", ["align/loss_diff.py", "--loss", "all"], "losses")],
 }
 
