@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from align import frameworks
 from align.numpy_ref.box_coder import delta_decode
 
 FIELDS = ("boxes", "scores", "labels", "anchor_index")
@@ -37,6 +38,14 @@ def pad_detections(detections: list[dict], to_numpy: Callable[[Any], np.ndarray 
             entry[k] = padded
         out[str(i)] = entry
     return out
+
+
+def detector_outputs(model: Any, tensors: dict) -> dict:
+    """A zoo detector's outputs for forward alignment: forward_with_detections(images), the detections padded
+    to the model's detections_per_img (align.zoo.Detector)."""
+    res = model.forward_with_detections(tensors["images"])
+    res["detections"] = pad_detections(res["detections"], frameworks.of(model).to_numpy, model.detections_per_img)
+    return res
 
 
 def _levels(records, name, prefix):

@@ -5,7 +5,7 @@ Spec: ../shared/specs/ppyoloe.md. Forward alignment covers every module, the dec
 post-processed detections (PaddleDetection's multi-class NMS); --deploy aligns the RepVGG-folded twins.
 """
 from align import frameworks
-from align.detections import pad_detections, selection_values
+from align.detections import detector_outputs, selection_values
 from align.seeded_init import seeded_init_torch
 from align.selections import DetectionView
 from align.zoo import GatePlan, ModelSpec, register
@@ -24,13 +24,6 @@ def _torch_ppyoloe(**kw):
 def _paddle_ppyoloe(**kw):
     from paddle_impl.detectors.ppyoloe import PPYOLOE
     return PPYOLOE(**kw)
-
-
-def detector_outputs(model, tensors):
-    """Scores, distances, boxes, anchor points and strides, and the detections padded to keep_top_k."""
-    res = model.forward_with_detections(tensors["images"])
-    res["detections"] = pad_detections(res["detections"], frameworks.of(model).to_numpy, model.detections_per_img)
-    return res
 
 
 def detection_view(torch_model, shape):

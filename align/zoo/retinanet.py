@@ -2,8 +2,7 @@
 and its three training variants (Focal, GHM-C + GHM-R, AP-Loss), all with RetinaNet's recipe."""
 import math
 
-from align import frameworks
-from align.detections import delta_values, pad_detections
+from align.detections import delta_values, detector_outputs
 from align.seeded_init import tensor_rng
 from align.selections import DetectionView
 from align.training import Recipe
@@ -18,13 +17,6 @@ def _torch_retina(**kw):
 def _paddle_retina(**kw):
     from paddle_impl.detectors.retinanet import RetinaNet
     return RetinaNet(**kw)
-
-
-def detector_outputs(model, tensors):
-    """Head outputs, anchors and the post-processed detections, padded to detections_per_img."""
-    res = model.forward_with_detections(tensors["images"])
-    res["detections"] = pad_detections(res["detections"], frameworks.of(model).to_numpy, model.detections_per_img)
-    return res
 
 
 def detection_view(torch_model, shape):
