@@ -35,3 +35,12 @@ def test_bench_align_quick_measures_both_dtypes():
         assert align_s > 0 and plain_s > 0.05
         assert (align_s - 0.05) / (plain_s + 0.05) <= ratio <= (align_s + 0.05) / (plain_s - 0.05)
         assert float(r[7].rstrip("M")) < 5           # statistics, not tensors, for passing keys
+
+
+def test_bench_assigners_quick_times_both_assigners_in_both_frameworks():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_assigners.py"), "--quick"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = {tuple(line.split()[:2]) for line in proc.stdout.splitlines() if line.startswith(("ATSS ", "TAL "))}
+    assert rows == {("ATSS", "torch"), ("ATSS", "paddle"), ("TAL", "torch"), ("TAL", "paddle")}
+    assert "paddle / torch time ratio" in proc.stdout
