@@ -56,10 +56,10 @@ def _levels(records, name, prefix):
 def delta_values(image_size: tuple, means: Sequence[float], stds: Sequence[float], prefix: str = "output"):
     """values(records64, image, labels, anchors) -> (boxes, scores) in float64 for a detector that logs per-level
     cls_scores (logits), bbox_preds (deltas) and anchors (RetinaNet): decode and sigmoid at those anchors."""
-    def values(records64, image, labels, anchors):
+    def values(records64, image, labels, anchors):        # this image's rows only, not the batch's
         all_anchors = np.concatenate(_levels(records64, "anchors", prefix)).astype(np.float64)
-        logits = np.concatenate(_levels(records64, "cls_scores", prefix), axis=1)[image].astype(np.float64)
-        deltas = np.concatenate(_levels(records64, "bbox_preds", prefix), axis=1)[image].astype(np.float64)
+        logits = np.concatenate([lv[image] for lv in _levels(records64, "cls_scores", prefix)]).astype(np.float64)
+        deltas = np.concatenate([lv[image] for lv in _levels(records64, "bbox_preds", prefix)]).astype(np.float64)
         boxes = delta_decode(all_anchors[anchors], deltas[anchors], means, stds, max_shape=image_size)
         return boxes, 1.0 / (1.0 + np.exp(-logits[anchors, labels]))
     return values

@@ -96,7 +96,7 @@ class DetectionView:
         boxes, scores = self.values(t64, i, labels, anchors)
         tol_s, tol_b = noise["scores"], noise["boxes"]
         iou = _iou(boxes, boxes)
-        tol_iou = _iou_tolerance(boxes, tol_b)
+        tol_iou = _iou_tolerance(boxes, iou, tol_b)
         same = labels[:, None] == labels[None, :]
         np.fill_diagonal(same, False)
         overlaps = same & (iou + tol_iou > self.iou_threshold)
@@ -147,10 +147,9 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
-def _iou_tolerance(boxes: np.ndarray, tol: float) -> np.ndarray:
-    """How far each pair's IoU can move when every coordinate moves by up to tol: the sum over the eight
-    coordinates of |IoU change| for a step of tol (finite differences, linear in tol)."""
-    base = _iou(boxes, boxes)
+def _iou_tolerance(boxes: np.ndarray, base: np.ndarray, tol: float) -> np.ndarray:
+    """How far each pair's IoU (base = _iou(boxes, boxes)) can move when every coordinate moves by up to tol: the
+    sum over the eight coordinates of |IoU change| for a step of tol (finite differences, linear in tol)."""
     total = np.zeros_like(base)
     for c in range(4):
         step = np.zeros(4)

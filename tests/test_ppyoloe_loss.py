@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as TF
 
+from align import frameworks
 from align.numpy_ref import ppyoloe_loss as ref
 from align.numpy_ref.giou import giou_loss
 from align.numpy_ref.varifocal import varifocal_loss as ref_vfl
@@ -62,31 +63,26 @@ def no_positive_case(seed):
     return case
 
 
-def run_torch(case, dtype="float64", logits=None):
-    """flatten + decode + loss; logits: (cls, reg) leaf tensors to differentiate (made here when None)."""
-    cls, reg = logits or ([torch.tensor(c.astype(dtype)) for c in case["cls"]],
-                          [torch.tensor(r.astype(dtype)) for r in case["reg"]])
-    loss_fn = TLoss()
+def run_loss(framework, case, dtype="float64", logits=None):
+    """flatten + decode + loss in 'torch' or 'paddle'; logits: (cls, reg) leaf tensors to differentiate (made here
+    when None). Returns (loss dict, pred_scores, pred_bboxes)."""
+    fw = frameworks.get(framework)
+    cls, reg = logits or ([fw.tensor(c, dtype) for c in case["cls"]], [fw.tensor(r, dtype) for r in case["reg"]])
+    loss_fn = TLoss() if framework == "torch" else PLoss()
     scores, distri = loss_fn.flatten(cls, reg)
-    points = torch.tensor((case["points"] / case["strides"]).astype(dtype))
+    points = fw.tensor(case["points"] / case["strides"], dtype)
     bboxes = loss_fn.decode(points, distri)
-    out = loss_fn(scores, distri, bboxes, points, torch.tensor(case["labels"]),
-                  torch.tensor(case["bboxes"].astype(dtype)), torch.tensor(case["scores"].astype(dtype)),
-                  torch.tensor(case["strides"].astype(dtype)))
+    out = loss_fn(scores, distri, bboxes, points, fw.tensor(case["labels"]), fw.tensor(case["bboxes"], dtype),
+                  fw.tensor(case["scores"], dtype), fw.tensor(case["strides"], dtype))
     return out, scores, bboxes
+
+
+def run_torch(case, dtype="float64", logits=None):
+    return run_loss("torch", case, dtype, logits)
 
 
 def run_paddle(case, dtype="float64", logits=None):
-    cls, reg = logits or ([paddle.to_tensor(c.astype(dtype)) for c in case["cls"]],
-                          [paddle.to_tensor(r.astype(dtype)) for r in case["reg"]])
-    loss_fn = PLoss()
-    scores, distri = loss_fn.flatten(cls, reg)
-    points = paddle.to_tensor((case["points"] / case["strides"]).astype(dtype))
-    bboxes = loss_fn.decode(points, distri)
-    out = loss_fn(scores, distri, bboxes, points, paddle.to_tensor(case["labels"]),
-                  paddle.to_tensor(case["bboxes"].astype(dtype)), paddle.to_tensor(case["scores"].astype(dtype)),
-                  paddle.to_tensor(case["strides"].astype(dtype)))
-    return out, scores, bboxes
+    return run_loss("paddle", case, dtype, logits)
 
 
 def run_numpy(case):

@@ -66,21 +66,28 @@ def _one_hot_scores(labels, num_classes, bg_index, weight):
     return scores
 
 
+def _gt_arrays(gt_labels, gt_bboxes, pad_gt_mask):
+    """gt_labels (B, n), gt_bboxes (B, n, 4) and pad_gt_mask (B, n) as float64 / integer arrays."""
+    labels = np.asarray(gt_labels).reshape(len(gt_bboxes), -1)
+    return labels, np.asarray(gt_bboxes, np.float64), np.asarray(pad_gt_mask, np.float64).reshape(labels.shape)
+
+
+def _outputs(batch, n, num_anchors, num_classes):
+    """Zeroed (labels, boxes, scores, mask_positive) of an assignment."""
+    return (np.zeros((batch, num_anchors), np.int64), np.zeros((batch, num_anchors, 4)),
+            np.zeros((batch, num_anchors, num_classes)), np.zeros((batch, n, num_anchors)))
+
+
 def atss_assign(anchor_bboxes, num_anchors_list, gt_labels, gt_bboxes, pad_gt_mask, bg_index, pred_bboxes=None,
                 topk=9, num_classes=80, return_info=False):
     anchors = np.asarray(anchor_bboxes, np.float64)
-    gt_labels = np.asarray(gt_labels).reshape(len(gt_bboxes), -1)
-    gt_bboxes = np.asarray(gt_bboxes, np.float64)
-    pad = np.asarray(pad_gt_mask, np.float64).reshape(gt_labels.shape)
+    gt_labels, gt_bboxes, pad = _gt_arrays(gt_labels, gt_bboxes, pad_gt_mask)
     batch, n = gt_labels.shape
     num_anchors = len(anchors)
     centres = [((a[0] + a[2]) / 2, (a[1] + a[3]) / 2) for a in anchors]
     starts = np.concatenate([[0], np.cumsum(num_anchors_list)[:-1]]).astype(int)
     info = {"multi_gt_anchors": 0, "winner_not_candidate": 0}
-    out_labels = np.zeros((batch, num_anchors), np.int64)
-    out_boxes = np.zeros((batch, num_anchors, 4))
-    out_scores = np.zeros((batch, num_anchors, num_classes))
-    out_mask = np.zeros((batch, n, num_anchors))
+    out_labels, out_boxes, out_scores, out_mask = _outputs(batch, n, num_anchors, num_classes)
     for b in range(batch):
         ious = np.array([[box_iou(g, a, 1e-10) for a in anchors] for g in gt_bboxes[b]])
         pos = np.zeros((n, num_anchors))
@@ -116,16 +123,11 @@ def task_aligned_assign(pred_scores, pred_bboxes, anchor_points, num_anchors_lis
     pred_scores = np.asarray(pred_scores, np.float64)
     pred_bboxes = np.asarray(pred_bboxes, np.float64)
     points = np.asarray(anchor_points, np.float64)
-    gt_labels = np.asarray(gt_labels).reshape(len(gt_bboxes), -1)
-    gt_bboxes = np.asarray(gt_bboxes, np.float64)
-    pad = np.asarray(pad_gt_mask, np.float64).reshape(gt_labels.shape)
+    gt_labels, gt_bboxes, pad = _gt_arrays(gt_labels, gt_bboxes, pad_gt_mask)
     batch, n = gt_labels.shape
     num_anchors, num_classes = pred_scores.shape[1:]
     info = {"multi_gt_anchors": 0, "winner_not_candidate": 0}
-    out_labels = np.zeros((batch, num_anchors), np.int64)
-    out_boxes = np.zeros((batch, num_anchors, 4))
-    out_scores = np.zeros((batch, num_anchors, num_classes))
-    out_mask = np.zeros((batch, n, num_anchors))
+    out_labels, out_boxes, out_scores, out_mask = _outputs(batch, n, num_anchors, num_classes)
     for b in range(batch):
         ious = np.array([[box_iou(g, p, 1e-9) for p in pred_bboxes[b]] for g in gt_bboxes[b]])
         metrics = np.zeros((n, num_anchors))
