@@ -166,20 +166,27 @@ def call_flips(a: list, b: list, field: int = 0) -> dict[str, int]:
 @contextlib.contextmanager
 def decisions_of(model: Any, loss: Any = None, dtype: str = "float64",
                  replay: dict | None = None) -> Iterator[dict]:
-    """Records (replay None) or replays one side's discrete decisions in a step: its ReLU masks and, when
-    `loss` has an `assigner`, its target assignment. Yields the dict the recording fills."""
-    recorded = {}
+    """Records (replay None) or replays one side's discrete decisions in a step: its ReLU masks and its
+    target assignment (assignment_site). Yields the dict the recording fills."""
+    recorded, site = {}, assignment_site(loss)
     with contextlib.ExitStack() as stack:
         if replay is None:
             recorded["relu"] = stack.enter_context(record_relu_masks(model))
-            if hasattr(loss, "assigner"):
-                recorded["assign"] = stack.enter_context(record_calls(loss.assigner, "assign"))
+            if site is not None:
+                recorded["assign"] = stack.enter_context(record_calls(site, "assign"))
         else:
             stack.enter_context(replay_relu_masks(model, replay["relu"]))
             if "assign" in replay:
-                stack.enter_context(replay_calls(loss.assigner, "assign", replay["assign"],
-                                                 frameworks.of(model), dtype))
+                stack.enter_context(replay_calls(site, "assign", replay["assign"], frameworks.of(model), dtype))
         yield recorded
+
+
+def assignment_site(loss: Any) -> Any:
+    """The object whose assign() makes a loss's target assignment: the loss itself when it has one (PP-YOLOE's
+    criterion, which picks ATSS or TAL), else its `assigner` (RetinaNet's per-image max-IoU); None if neither."""
+    if callable(getattr(loss, "assign", None)):
+        return loss
+    return getattr(loss, "assigner", None)
 
 
 def decision_flips(a: dict, b: dict) -> dict[str, dict]:

@@ -48,15 +48,15 @@ from weights_convert.checkpoint_io import CheckpointError
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "align.train_align checkpoint", 1
 BATCH_SIZE = 2                  # images per step; a checkpoint records it with the other settings
 # the settings that fix the trajectory: a checkpoint resumes only a run that agrees on all of them
-TRAJECTORY = ("model", "dtype", "seed", "data", "batch_size")
+TRAJECTORY = ("model", "dtype", "seed", "data", "batch_size", "options")
 
 
 class Side:
     """One framework's model, loss, trainer and the per-step values it logged."""
 
-    def __init__(self, model, loss, train):
+    def __init__(self, model, loss, train, options: dict | None = None):
         self.fw, self.model, self.loss = frameworks.of(model), model, loss
-        self.trainer = Trainer(model, loss, train)
+        self.trainer = Trainer(model, loss, train, options)
         self.seconds = 0.0
 
     def step(self, i: int, batch: dict) -> dict:
@@ -70,8 +70,11 @@ class Side:
         return values
 
     def state(self) -> dict:
-        return {"model": self.fw.state_dict(self.model), "loss": self.fw.state_dict(self.loss),
-                "opt": self.fw.opt_state(self.trainer.opt, self.model)}
+        state = {"model": self.fw.state_dict(self.model), "loss": self.fw.state_dict(self.loss),
+                 "opt": self.fw.opt_state(self.trainer.opt, self.model)}
+        if self.trainer.ema is not None:
+            state["ema"] = self.trainer.ema.state_dict()
+        return state
 
     def load(self, st: dict, seconds: float) -> None:
         for part, module in (("model", self.model), ("loss", self.loss)):
@@ -84,13 +87,28 @@ class Side:
         self.fw.load_state_dict(self.model, st["model"])
         self.fw.load_state_dict(self.loss, st["loss"])
         self.fw.load_opt_state(self.trainer.opt, self.model, st["opt"])
+        if self.trainer.ema is not None:
+            self.trainer.ema.set_state_dict(st["ema"])
         self.seconds = float(seconds)
 
 
-def run_settings(name: str, dtype: str, data: str | os.PathLike | None, seed: int, steps: int) -> dict:
+def run_settings(name: str, dtype: str, data: str | os.PathLike | None, seed: int, steps: int,
+                 options: dict | None = None) -> dict:
     """What a checkpoint records about the run that wrote it (TRAJECTORY: those that must match to resume)."""
     return {"model": name, "dtype": dtype, "seed": int(seed),
-            "data": str(Path(data).resolve()) if data else "synthetic", "batch_size": BATCH_SIZE, "steps": steps}
+            "data": str(Path(data).resolve()) if data else "synthetic", "batch_size": BATCH_SIZE, "steps": steps,
+            "options": dict(options or {})}
+
+
+def run_options(train: TrainSpec, steps: int, options: dict | None) -> dict:
+    """The spec's options for this run with their defaults filled in; options a spec does not take are an error
+    (ValueError naming them)."""
+    given = {k: v for k, v in (options or {}).items() if v is not None}
+    if train.options is None:
+        if given:
+            raise ValueError(f"this model takes no training options, got {', '.join(sorted(given))}")
+        return {}
+    return train.options(steps, given)
 
 
 def _pack(obj: Any, path: str, arrays: dict[str, np.ndarray]) -> dict:
@@ -162,6 +180,7 @@ def read_checkpoint(path: str | os.PathLike, settings: dict) -> tuple[dict, dict
     if (fmt, version) != (CHECKPOINT_FORMAT, CHECKPOINT_VERSION):
         raise CheckpointError(f"--resume: {path} is not a checkpoint of format {CHECKPOINT_FORMAT!r} "
                               f"version {CHECKPOINT_VERSION} (got {fmt!r} version {version!r})")
+    saved.setdefault("options", {})                 # written before training options existed
     differing = [k for k in TRAJECTORY if saved.get(k) != settings[k]]
     if differing:
         raise CheckpointError(f"--resume: {path.name} was made with "
@@ -174,21 +193,22 @@ def read_checkpoint(path: str | os.PathLike, settings: dict) -> tuple[dict, dict
 
 
 def train(name: str, steps: int, dtype: str, data: str | os.PathLike | None, seed: int,
-          ckpt: str | os.PathLike | None = None, resume: bool = False, show: bool = True
-          ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, float]]:
+          ckpt: str | os.PathLike | None = None, resume: bool = False, show: bool = True,
+          options: dict | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, float]]:
     """Run `steps` steps on both sides; returns ({key: array} torch, paddle, seconds per step per side).
     resume: continue from ckpt (module docstring: what must match); the checkpoint is checked before
-    anything is built, so a refused one costs nothing."""
+    anything is built, so a refused one costs nothing. options: the spec's (run_options), as resolved."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")      # no steps: a report that compared nothing
     if resume and not ckpt:
         raise ValueError("resume needs a checkpoint path")
-    settings = run_settings(name, dtype, data, seed, steps)
-    saved = read_checkpoint(ckpt, settings) if resume else None
     spec = get_spec(name)
+    options = run_options(spec.train, steps, options) if spec.train else {}
+    settings = run_settings(name, dtype, data, seed, steps, options)
+    saved = read_checkpoint(ckpt, settings) if resume else None
     batches, num_classes = first_batches(data, steps, dtype, seed, BATCH_SIZE)
     t_model, t_loss, p_model, p_loss = build_training_pair(spec, num_classes, seed, dtype)
-    sides = [Side(t_model, t_loss, spec.train), Side(p_model, p_loss, spec.train)]
+    sides = [Side(t_model, t_loss, spec.train, options), Side(p_model, p_loss, spec.train, options)]
     logs = [OrderedDict(), OrderedDict()]
     start_step = 0
     if saved is not None:
@@ -214,21 +234,25 @@ def train(name: str, steps: int, dtype: str, data: str | os.PathLike | None, see
 
 def run_train(name: str, steps: int = 10, dtype: str = "float64", data: str | os.PathLike | None = None,
               out: str | os.PathLike = "reports", seed: int = 0, resume: bool = False,
-              keep_checkpoint: bool = False, checkpoint: bool = True) -> dict:
+              keep_checkpoint: bool = False, checkpoint: bool = True, options: dict | None = None) -> dict:
     """train_diff's check: both dtypes' runs as needed, the verdict, the report and curves.png."""
     spec = get_spec(name)
+    if spec.train is None:
+        raise ValueError(f"model {name!r} has no training spec")
+    options = run_options(spec.train, steps, options)
     out_dir = Path(out) / name / "train"
     ckpts = [out_dir / f"checkpoint_{dtype}.npz"]
-    t, p, sec = train(name, steps, dtype, data, seed, ckpts[0] if checkpoint else None, resume)
+    t, p, sec = train(name, steps, dtype, data, seed, ckpts[0] if checkpoint else None, resume, options=options)
     t64 = p64 = None
     if dtype == "float32":
         ckpts.append(out_dir / "checkpoint_float64.npz")
-        t64, p64, _ = train(name, steps, "float64", data, seed, ckpts[1] if checkpoint else None, resume)
+        t64, p64, _ = train(name, steps, "float64", data, seed, ckpts[1] if checkpoint else None, resume,
+                            options=options)
     if not keep_checkpoint:
         for ckpt in ckpts:
             ckpt.unlink(missing_ok=True)
     return train_report(out_dir, f"train:{name}", dtype, t, p, t64, p64, steps, spec.train.recipe, sec,
-                        {"model": name, "seed": seed, "notes": spec.train.notes})
+                        {"model": name, "seed": seed, "notes": spec.train.notes, "options": options})
 
 
 def train_report(out_dir: str | os.PathLike, check: str, dtype: str, t: dict, p: dict, t64: dict | None,

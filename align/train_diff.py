@@ -2,11 +2,14 @@
 
     python align/train_diff.py --model retina_r50_ghm [--steps 10] [--dtype float32|float64] [--data DIR]
                                [--out DIR] [--seed N] [--resume]
+    python align/train_diff.py --model ppyoloe_s [--static-assigner-steps K]
 
 Per step: the total loss and each term, the learning rate, the gradient norm, global parameter statistics
 and the loss modules' state (GHM acc_sum); the recipe is the zoo spec's (align/training.py), the check
-align/train_align.py. float64: every logged value within max_rel 1e-8 at every step; float32: the first step
-against the noise floor, later steps on their float64 twins (both noises reported per step).
+align/train_align.py; PP-YOLOE also logs its EMA (ema_*) and the assigner of each step, ATSS for the first K
+steps (--static-assigner-steps, default half the steps) and task-aligned after. float64: every logged value
+within max_rel 1e-8 at every step; float32: the first step against the noise floor, later steps on their
+float64 twins (both noises reported per step).
 Writes DIR/<model>/train/{torch.npy, paddle.npy, diff.txt, summary.json, curves.png}. While it runs,
 checkpoint_<dtype>.npz holds both sides after the last completed step (both models and optimizers: about a GB
 for float64; plain arrays and JSON, never pickles), so --resume continues an interrupted run; a completed run
@@ -33,6 +36,9 @@ def add_arguments(p):
     cli_args.add_data(p)
     cli_args.add_out(p)
     cli_args.add_seed(p)
+    p.add_argument("--static-assigner-steps", type=cli_args.nonnegative_int, default=None, metavar="K",
+                   help="PP-YOLOE: the static ATSS assigner for the first K steps, task-aligned after (default: "
+                        "half the steps)")
     p.add_argument("--resume", action="store_true", help="continue from the last completed step")
     p.add_argument("--keep-checkpoint", action="store_true",
                    help="keep checkpoint_<dtype>.npz after the run (to --resume it later with more --steps)")
@@ -44,6 +50,11 @@ def execute(args):
     cli_args.model_or_pair(args)
     if args.no_checkpoint and (args.resume or args.keep_checkpoint):
         args.parser.error("--no-checkpoint cannot be combined with --resume or --keep-checkpoint")
+    options = {"static_assigner_steps": args.static_assigner_steps}
+    if args.static_assigner_steps is not None:
+        from align.zoo import get_spec
+        if args.pair or get_spec(args.model).train.options is None:
+            args.parser.error("--static-assigner-steps: only PP-YOLOE models have a static assigner")
     if args.pair and (args.resume or args.keep_checkpoint or args.data):
         args.parser.error("--pair trains on the file's batches without checkpoints: no --resume, "
                           "--keep-checkpoint or --data")
@@ -63,7 +74,7 @@ def execute(args):
         else:
             args.steps = args.steps or 10
             summary = run_train(args.model, args.steps, args.dtype, args.data, args.out, args.seed, args.resume,
-                                args.keep_checkpoint, checkpoint=not args.no_checkpoint)
+                                args.keep_checkpoint, checkpoint=not args.no_checkpoint, options=options)
     except (CheckpointError, PairFileError, DataError) as e:
         print(f"train_diff: error: {e}", file=sys.stderr)
         return 2

@@ -28,7 +28,7 @@ from align.events import decisions_of, float32_verdicts
 from align.forward import torch_kernel_variant
 from align.report import write_report
 from align.train_data import first_batches
-from align.training import build_training_pair, training_loss
+from align.training import build_training_pair, objective, training_loss
 from align.zoo import ModelSpec, build_models, get_spec
 
 
@@ -61,9 +61,9 @@ class StepRunner:
         loss = training_loss(self.spec, self.num_classes, model, dtype)
         with decisions_of(model, loss, dtype, replay) as decisions, \
                 (torch_kernel_variant() if variant else contextlib.nullcontext()):
-            terms = self.spec.train.step_losses(model, loss, batch)
-            fw.backward(sum(terms.values()))
-        log = OrderedDict((f"loss.{k}", fw.to_numpy(v).reshape(1)) for k, v in terms.items())
+            total, terms = objective(self.spec.train.step_losses(model, loss, batch))
+            fw.backward(total)
+        log = OrderedDict((f"loss.{k}", fw.to_numpy(v).reshape(1)) for k, v in {"total": total, **terms}.items())
         log.update((f"grad.{k}", v) for k, v in reversed(list(fw.grads(model).items())))
         return log, decisions
 

@@ -10,14 +10,20 @@ driven by one seed) and the same optimiser recipe:
   the 2 images per step here. At 0.01 with 2 images the GHM model is unstable (loss 3 -> 19 at step 5) and
   chaotic: torch against itself with weights scaled by 1 + 1e-13 parts by 1e-7 within 6 steps, so no port
   could be held to 1e-8 there; at the scaled rate that self-difference stays below 2e-10 over 10 steps;
-- linear warm-up from warmup_ratio * base_lr, then step decay by 0.1 at the given steps
-  (computed here once, in Python, and set on both optimisers);
+- linear warm-up from warmup_ratio * base_lr, then step decay by 0.1 at the given steps, or (schedule
+  "cosine", PP-YOLOE) half a cosine from warm-up's end to cosine_steps (computed here once, in Python, and
+  set on both optimisers);
 - gradient clipping by global norm with torch's formula, coef = min(1, max_norm / (norm + 1e-6)), applied
   on both sides. Paddle's ClipGradByGlobalNorm uses max_norm / max(norm, max_norm), which differs by
-  ~1e-6 / norm whenever clipping is active; using one formula keeps float64 runs within 1e-8.
+  ~1e-6 / norm whenever clipping is active; using one formula keeps float64 runs within 1e-8. clip_norm
+  None: no clipping (the norm is still logged);
+- a spec's EMA (PP-YOLOE's ModelEMA), updated after every optimiser step; its bias-corrected weights are
+  logged as ema_* statistics;
+- a spec's before_step hook (PP-YOLOE: the static-assigner switch), whose values are logged.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -38,13 +44,18 @@ class Recipe:
     warmup_steps: int = 3
     warmup_ratio: float = 0.1
     decay_steps: tuple = (7,)
-    clip_norm: float = 35.0
+    clip_norm: float | None = 35.0
+    schedule: str = "step"                            # "step" (decay_steps) or "cosine" (to cosine_steps)
+    cosine_steps: int = 0
 
     def lr(self, step: int) -> float:
-        """Learning rate at 0-based step: linear warm-up, then x0.1 at each decay step."""
+        """Learning rate at 0-based step: linear warm-up, then x0.1 at each decay step or the cosine."""
         if step < self.warmup_steps:
             k = step / self.warmup_steps
             return self.base_lr * (self.warmup_ratio + (1 - self.warmup_ratio) * k)
+        if self.schedule == "cosine":
+            span = self.cosine_steps - self.warmup_steps
+            return self.base_lr * 0.5 * (math.cos(math.pi * (step - self.warmup_steps) / span) + 1)
         return self.base_lr * 0.1 ** sum(step >= s for s in self.decay_steps)
 
 
@@ -94,26 +105,42 @@ class Trainer:
     """One framework's SGD steps on a model and its loss: the recipe's learning rate, torch's clipping
     formula on both sides (module docstring), and the values logged per step."""
 
-    def __init__(self, model, loss, train):
+    def __init__(self, model, loss, train, options: dict | None = None):
         self.fw, self.model, self.loss, self.train = frameworks.of(model), model, loss, train
-        self.recipe = train.recipe
+        self.recipe, self.options = train.recipe, options or {}
         self.named = self.fw.named_trainable(model)
         self.params = [p for _, p in self.named]
         self.opt = self.fw.sgd(param_groups(self.named, self.recipe, train.no_decay), self.recipe.lr(0),
                                self.recipe.momentum)
+        build_ema = getattr(train, f"build_{self.fw.name}_ema")
+        self.ema = build_ema(model) if build_ema else None
 
     def step(self, step: int, batch: dict) -> dict[str, float]:
         fw = self.fw
         fw.set_lr(self.opt, self.recipe.lr(step))
         fw.set_mode(self.model, train=True)
         fw.zero_grad(self.model)
-        terms = self.train.step_losses(self.model, self.loss, batch)
-        total = sum(terms.values())
+        hooked = self.train.before_step(self.loss, step, self.options) if self.train.before_step else {}
+        total, terms = objective(self.train.step_losses(self.model, self.loss, batch))
         fw.backward(total)
-        norm = fw.clip_grad_norm(self.params, self.recipe.clip_norm)
+        clip = self.recipe.clip_norm
+        norm = fw.clip_grad_norm(self.params, math.inf if clip is None else clip)   # inf: scales by 1.0
         self.opt.step()
-        return {"loss": fw.item(total), **{k: fw.item(v) for k, v in terms.items()},
-                "lr": self.recipe.lr(step), "grad_norm": norm}
+        values = {"loss": fw.item(total), **{k: fw.item(v) for k, v in terms.items()},
+                  "lr": self.recipe.lr(step), "grad_norm": norm, **hooked}
+        if self.ema is not None:
+            self.ema.update(self.model)
+            ema = {k: fw.to_numpy(v) for k, v in self.ema.apply().items()}
+            values.update({f"ema_{k.partition('_')[2]}": v for k, v in param_stats(ema).items()})
+        return values
+
+
+def objective(terms: dict) -> tuple[Any, dict]:
+    """(the scalar to back-propagate, the logged terms) of a step_losses dict: its "loss" entry when it has
+    one (PP-YOLOE: weighted terms, L1 logged only), else the sum of its terms."""
+    terms = dict(terms)
+    total = terms.pop("loss", None)
+    return (sum(terms.values()) if total is None else total), terms
 
 
 def param_stats(named_arrays: dict[str, np.ndarray]) -> dict[str, float]:

@@ -43,6 +43,13 @@ class TrainSpec:
     no_decay: Callable[[str], bool]                   # parameter name -> excluded from weight decay
     head_init: Callable[[Any, int], Any] | None = None  # (torch model, seed): the family's own head init
     notes: str = ""                                   # what the report should say about the set-up
+    # (model) -> the framework's EMA of the model (update(model), apply() -> {name: tensor}, state_dict())
+    build_torch_ema: Callable[[Any], Any] | None = None
+    build_paddle_ema: Callable[[Any], Any] | None = None
+    # (loss, step, options) -> {name: number} logged that step: a schedule on the loss (the assigner switch)
+    before_step: Callable[[Any, int, dict], dict] | None = None
+    # (steps, options from the command line) -> the run's options (defaults filled in; part of the trajectory)
+    options: Callable[[int, dict], dict] | None = None
 
 
 @dataclass(frozen=True)

@@ -55,14 +55,21 @@ class PPYOLOECriterion(nn.Layer):
         pred_scores, pred_distri = self.loss.flatten(cls_logits, reg_logits)
         pred_bboxes = self.loss.decode(points, pred_distri)
         gt_labels, gt_bboxes, mask = pad_gt(boxes, labels, dtype)
+        assigned = self.assign(anchors, counts, points_px, strides, pred_scores, pred_bboxes, gt_labels,
+                               gt_bboxes, mask)
+        return self.loss(pred_scores, pred_distri, pred_bboxes, points, *assigned, strides)
+
+    def assign(self, anchors, counts, points_px, strides, pred_scores, pred_bboxes, gt_labels, gt_bboxes,
+               mask):
+        """(assigned labels, boxes, scores): the static ATSS assigner or the task-aligned one, on detached
+        predictions; the one entry point of the target assignment (align.events records and replays it)."""
+        dtype = pred_scores.dtype
         if gt_bboxes.shape[1] == 0:
             b, length = pred_scores.shape[:2]
-            assigned = (paddle.full([b, length], self.num_classes, dtype="int64"),
-                        paddle.zeros([b, length, 4], dtype=dtype), paddle.zeros_like(pred_scores))
-        elif self.use_static_assigner:
-            assigned = self.static_assigner(anchors, counts, gt_labels, gt_bboxes, mask, self.num_classes,
-                                            pred_bboxes.detach() * strides)[:3]
-        else:
-            assigned = self.assigner(pred_scores.detach(), pred_bboxes.detach() * strides, points_px, counts,
-                                     gt_labels, gt_bboxes, mask, self.num_classes)[:3]
-        return self.loss(pred_scores, pred_distri, pred_bboxes, points, *assigned, strides)
+            return (paddle.full([b, length], self.num_classes, dtype="int64"),
+                    paddle.zeros([b, length, 4], dtype=dtype), paddle.zeros_like(pred_scores))
+        if self.use_static_assigner:
+            return self.static_assigner(anchors, counts, gt_labels, gt_bboxes, mask, self.num_classes,
+                                        pred_bboxes.detach() * strides)[:3]
+        return self.assigner(pred_scores.detach(), pred_bboxes.detach() * strides, points_px, counts, gt_labels,
+                             gt_bboxes, mask, self.num_classes)[:3]

@@ -1,0 +1,1 @@
+"""Optimisation helpers (Paddle twins of torch_ref.optim)."""

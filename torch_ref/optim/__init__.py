@@ -1,0 +1,1 @@
+"""Optimisation helpers (torch twins of paddle_impl.optim)."""
