@@ -143,15 +143,16 @@ BOTH = ("float64", "float32")
 
 
 def _gate(scale):
-    """All four scales forward in float64; s and l in float32 (with the ISA reruns); s backward and deployed."""
+    """All four scales forward in float64; s and l in float32 (with the ISA reruns); s deployed, backward,
+    trained and scored."""
     float32, small = scale in ("s", "l"), scale == "s"
     limits = {} if float32 else {"forward:float32": _FLOAT32_LIMIT}
     if not small:
-        limits.update({"backward:float64": _BACKWARD_LIMIT, "backward:float32": _BACKWARD_LIMIT,
-                       "train:float64": _TRAIN_LIMIT, "metric:float64": _TRAIN_LIMIT})
+        limits.update({"backward:float64": _BACKWARD_LIMIT, "backward:float32": _BACKWARD_LIMIT})
+        limits.update({f"{level}:{dtype}": _TRAIN_LIMIT for level in ("train", "metric") for dtype in BOTH})
     return GatePlan(forward=BOTH if float32 else ("float64",), isa_reruns=float32, deploy=BOTH if small else (),
-                    backward=BOTH if small else (), train=("float64",) if small else (),
-                    metric=("float64",) if small else (), limits=limits)
+                    backward=BOTH if small else (), train=BOTH if small else (),
+                    metric=BOTH if small else (), limits=limits)
 
 
 for _scale, (_depth, _width) in SCALES.items():
