@@ -102,3 +102,22 @@ def test_the_criterion_is_the_assignment_site_and_replays_its_own_decisions():
     with decisions_of(t_model, crit) as recorded:
         pass
     assert recorded["assign"] == []
+
+
+def test_train_catches_a_paddle_ema_corrected_by_the_product_of_decays(monkeypatch, tmp_path):
+    """PaddleDetection divides by 1 - d_last**step; the 'textbook' product of the decays differs by 1.5% at step 2."""
+    from paddle_impl.optim.ema import ModelEMA
+    real_update = ModelEMA.update
+
+    def update(self, model):
+        d = min(self.decay, (1 + self.step) / (10 + self.step))
+        self.product = getattr(self, "product", 1.0) * d
+        real_update(self, model)
+        self.decay_last = self.product ** (1 / self.step)       # so that apply() divides by 1 - product
+    monkeypatch.setattr(ModelEMA, "update", update)
+    summary = run_train("ppyoloe_s", steps=2, out=str(tmp_path), checkpoint=False)
+    assert not summary["passed"]
+    keys = summary["keys"]
+    assert keys["step000.ema_norm"]["passed"] and keys["step001.loss"]["passed"]   # one update: the same
+    assert not keys["step001.ema_norm"]["passed"]
+    assert summary["first_divergence"].startswith("step001.ema_")
