@@ -2,7 +2,8 @@
 import numpy as np
 
 
-def box_iou(boxes1, boxes2):
+def box_iou(boxes1, boxes2, eps=1e-6):
+    """IoU without +1, the union clamped >= eps as mmdetection's BboxOverlaps2D does."""
     boxes1, boxes2 = np.asarray(boxes1, np.float64), np.asarray(boxes2, np.float64)
     out = np.zeros((len(boxes1), len(boxes2)))
     for i, a in enumerate(boxes1):
@@ -10,7 +11,7 @@ def box_iou(boxes1, boxes2):
             iw = max(min(a[2], b[2]) - max(a[0], b[0]), 0.0)
             ih = max(min(a[3], b[3]) - max(a[1], b[1]), 0.0)
             inter = iw * ih
-            out[i, j] = inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+            out[i, j] = inter / max((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter, eps)
     return out
 
 

@@ -6,13 +6,30 @@ from typing import NamedTuple, Optional
 
 import paddle
 
-from paddle_impl.ops.iou import box_iou
+from paddle_impl.ops.iou import box_iou  # noqa: F401 (re-exported by paddle_impl.assigners)
 
 
 class AssignResult(NamedTuple):
     gt_inds: paddle.Tensor           # (A,) int64: 0 negative, -1 ignored, k + 1 matched to gt k
     max_overlaps: paddle.Tensor      # (A,) best IoU of each anchor over the gts (0 without gts)
     labels: Optional[paddle.Tensor]  # (A,) int64 label of the matched gt, -1 where not positive
+
+
+IOU_EPS = 1e-6  # mmdet BboxOverlaps2D clamps the union to >= eps
+
+
+def bbox_overlaps(boxes1, boxes2, eps=IOU_EPS):
+    """(N, 4) x (M, 4) -> (N, M) IoU, no +1, union clamped >= eps (mmdet); otherwise box_iou's formula (bit-equal
+    to torchvision), so bit-equal to it wherever the union >= eps."""
+    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
+    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
+    lt = paddle.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
+    rb = paddle.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])
+    wh = paddle.clip(rb - lt, min=0.0)
+    inter = wh[:, :, 0] * wh[:, :, 1]
+    union = paddle.maximum(area1[:, None] + area2[None, :] - inter, paddle.full([], eps, dtype=inter.dtype))
+    # broadcasting divide: correctly rounded, unlike the same-shape MKL path (see paddle_impl/ops/iou.py)
+    return (inter[None] / union)[0]
 
 
 def _check_boxes(name, boxes):
@@ -34,7 +51,8 @@ class MaxIoUAssigner:
     negative if 0 <= IoU < neg_iou_thr, otherwise ignored. With low_quality, every anchor attaining a gt's
     maximum IoU (when that maximum >= min_pos_iou) becomes positive for that gt, later gts overriding
     earlier ones, as mmdetection's per-gt loop does. Like mmdetection with min_pos_iou=0, a gt that overlaps
-    no anchor at all (max IoU 0) claims every anchor with IoU 0 to it.
+    no anchor at all (max IoU 0) claims every anchor with IoU 0 to it. IoU: bbox_overlaps (union >= 1e-6).
+    Libra R-CNN: RPN (0.7, 0.3, 0.3, low_quality), R-CNN (0.5, 0.5, 0.5, low_quality=False).
     """
 
     def __init__(self, pos_iou_thr=0.5, neg_iou_thr=0.4, min_pos_iou=0.0, low_quality=True):
@@ -58,7 +76,7 @@ class MaxIoUAssigner:
             gt_inds = paddle.full([num_anchors], 0 if num_gts == 0 else -1, dtype="int64")
             labels = None if gt_labels is None else paddle.full([num_anchors], -1, dtype="int64")
             return AssignResult(gt_inds, paddle.zeros([num_anchors], dtype=anchors.dtype), labels)
-        return self.assign_overlaps(box_iou(gt_boxes, anchors), gt_labels)
+        return self.assign_overlaps(bbox_overlaps(gt_boxes, anchors), gt_labels)
 
     def assign_overlaps(self, overlaps, gt_labels=None):
         """overlaps: (G, A) IoU of every gt with every anchor, G >= 1."""
