@@ -3,6 +3,7 @@
     python -m align list                                   # every model, its family and the tools it runs
     python -m align forward --model retina_r50 [--dtype float32]
     python -m align loss --loss ghmc
+    python -m align assign --assigner atss|tal              # PP-YOLOE's assigners, torch vs Paddle vs NumPy
     python -m align backward|train|metric --model M ...
     python -m align data | gate --regenerate | convert --model M --src A --dst B
 
@@ -19,6 +20,7 @@ from align import cli_args
 TOOLS = {                                         # subcommand -> module with add_arguments/execute
     "forward": "align.forward_diff",
     "loss": "align.loss_diff",
+    "assign": "align.assign_diff",
     "backward": "align.backward_diff",
     "train": "align.train_diff",
     "metric": "align.metric_diff",

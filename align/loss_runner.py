@@ -111,7 +111,22 @@ def flatten(case: LossCase, records: list[dict]) -> dict[str, np.ndarray]:
     return flat
 
 
-def _vs_numpy(ref, t, p):
+def judge_twins(t, p, dtype: str, t64=None, p64=None, replays=None, events: dict | None = None,
+                int_events: tuple | None = None) -> dict:
+    """torch vs Paddle on one key, by the rule its values call for: integers equal (rule exact-events where
+    int_events = (moved, unexplained[, event name]): every differing element explained), float64 max_rel,
+    float32 against the noise floor of the float64 runs t64, p64, or float32-events where replays =
+    (ref_torch, ref_paddle), the float64 definition evaluated on each float32 run's own decisions."""
+    if not np.issubdtype(np.asarray(t).dtype, np.floating):
+        return check_exact(t, p) if int_events is None else check_exact_events(t, p, *int_events)
+    if dtype == "float64":
+        return check_float64(t, p)
+    if replays is not None:
+        return check_float32_events(t, p, replays[0], replays[1], t64, p64, events=events or {})
+    return check_float32(t, p, t64, p64)
+
+
+def vs_numpy(ref, t, p):
     """Both twins (float64 runs) against the NumPy reference in one row."""
     is_int = not np.issubdtype(np.asarray(ref).dtype, np.floating)
     check = check_exact if is_int else check_float64
@@ -159,19 +174,14 @@ def compare_case(spec: LossSpec, case: LossCase, dtype: str, runs: dict[str, lis
                                          if key not in log])
             continue
         t, p = t_log[key], p_log[key]
-        if not np.issubdtype(t.dtype, np.floating):
-            results[key] = check_exact(t, p)
-            if rebinned:
-                info = moves[_step_of(key)][key.rsplit("/", 1)[1]]
-                results[key] = check_exact_events(t, p, info["torch_vs_paddle"], info["unexplained"])
-        elif dtype == "float64":
-            results[key] = check_float64(t, p)
+        int_events = replays = None
+        if rebinned and not np.issubdtype(t.dtype, np.floating):
+            info = moves[_step_of(key)][key.rsplit("/", 1)[1]]
+            int_events = (info["torch_vs_paddle"], info["unexplained"])
         elif rebinned:
-            results[key] = check_float32_events(t, p, ref_t[key], ref_p[key], t64[key], p64[key],
-                                                events={"moved_bins": moved_count})
-        else:
-            results[key] = check_float32(t, p, t64[key], p64[key])
-        results[f"{key} vs numpy"] = _vs_numpy(ref[key], t64[key], p64[key]) if key in ref else _missing_row(["numpy"])
+            replays = (ref_t[key], ref_p[key])
+        results[key] = judge_twins(t, p, dtype, t64[key], p64[key], replays, {"moved_bins": moved_count}, int_events)
+        results[f"{key} vs numpy"] = vs_numpy(ref[key], t64[key], p64[key]) if key in ref else _missing_row(["numpy"])
     common = [k for k in t_log if k in p_log]
     info = {"steps": len(case.steps), "note": case.note, "rule": "float32-events" if rebinned else "standard",
             "inputs": {k: list(np.shape(v)) for k, v in case.steps[0].items()}}

@@ -1,5 +1,5 @@
 """The one manifest of gated checks: what `align gate --regenerate` runs and re-judges, derived from the zoo's
-GatePlans plus the model-free checks (losses, data). The gate and the tests iterate it.
+GatePlans plus the model-free checks (losses, assigners, data). The gate and the tests iterate it.
 
 Each Check runs `python -m align <tool> ... --out <out>/<root>` and writes <out>/<folder>; `tolerances`
 override align.compare.limits_for(tool) for that check. A check a GatePlan leaves out on purpose is a
@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass, field
 
 from align import zoo
+from align.assign_cases import ASSIGNER_NAMES
 from align.compare import DTYPES, limits_for
 
 # float32 forward checks rerun with torch's oneDNN capped at AVX2, as on a CPU without AVX-512: the float32
@@ -73,6 +74,8 @@ def checks() -> list[Check]:
     out = []
     for dtype in DTYPES:
         out.append(Check("loss", None, dtype, dtype, f"{dtype}/losses", ("--loss", "all")))
+        for name in ASSIGNER_NAMES:
+            out.append(Check("assign", None, dtype, dtype, f"{dtype}/assigners/{name}", ("--assigner", name)))
         out.append(Check("data", None, dtype, dtype, f"{dtype}/data", DATA_ARGS))
     for name in zoo.names():
         out += _model_checks(zoo.get_spec(name))

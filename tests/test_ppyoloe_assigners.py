@@ -11,6 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as TF
 
+from align import assign_cases as cases
+from align.assign_cases import pred_boxes
 from align.numpy_ref.ppyoloe_assign import atss_assign, task_aligned_assign
 from paddle_impl.assigners import assign_utils as pu
 from paddle_impl.assigners.atss import ATSSAssigner as PATSS
@@ -18,75 +20,27 @@ from paddle_impl.assigners.task_aligned import TaskAlignedAssigner as PTAL
 from torch_ref.assigners import assign_utils as tu
 from torch_ref.assigners.atss import ATSSAssigner as TATSS
 from torch_ref.assigners.task_aligned import TaskAlignedAssigner as TTAL
-from torch_ref.priors.grid_cells import generate_anchors_for_grid_cell
 
 paddle.set_device("cpu")
 
-SIZES, STRIDES = [(3, 4), (6, 8), (12, 16)], (32, 16, 8)   # a 96 x 128 image: 12 + 48 + 192 anchors
-HEIGHT, WIDTH = 96, 128
+HEIGHT, WIDTH = 96, 128                                      # strides 32, 16, 8: 12 + 48 + 192 anchors
 C = 5                                                        # classes; bg_index = C unless a test says otherwise
 TOL = {"float64": 1e-12, "float32": 1e-6}
 KINDS = ["float", "overlap", "single", "tiny"]               # no topk tie can decide: comparable to the reference
 
 
 def anchors(dtype="float64"):
-    boxes, points, counts, _ = generate_anchors_for_grid_cell(SIZES, STRIDES, dtype=torch.float64)
-    return boxes.numpy().astype(dtype), points.numpy().astype(dtype), counts
+    boxes, points, counts = cases.grid_anchors(HEIGHT, WIDTH)
+    return boxes.astype(dtype), points.astype(dtype), counts
 
 
 def gt_case(rng, kind, batch=3, n_max=7):
-    """Padded GTs (B, n, ...): labels int64, boxes, pad mask. 'int' has integer corners (ties in distances and
-    IoUs), 'overlap' jittered copies of one box per image (anchors positive for several GTs), 'tiny' a GT
-    with no anchor centre inside, 'single' one GT in one image."""
-    if kind == "single":
-        batch, counts = 1, [1]
-    else:
-        counts = rng.integers(1, n_max + 1, batch)
-        counts[0] = n_max                                    # padding in the other images
-    n = max(counts)
-    labels = np.zeros((batch, n, 1), np.int64)
-    boxes = np.zeros((batch, n, 4))
-    pad = np.zeros((batch, n, 1))
-    for b, count in enumerate(counts):
-        if kind == "overlap":
-            base = np.concatenate([rng.uniform(10, 50, 2), rng.uniform(40, 70, 2)])
-            xy = base[:2] + rng.uniform(-8, 8, (count, 2))
-            wh = base[2:] + rng.uniform(-10, 10, (count, 2))
-        else:
-            xy = rng.uniform(0, [WIDTH - 12, HEIGHT - 12], (count, 2))
-            wh = rng.uniform(6, 70, (count, 2))
-        box = np.concatenate([xy, np.minimum(xy + wh, [WIDTH, HEIGHT])], axis=1)
-        if kind == "int":
-            box = np.round(box)
-            box[:, 2:] = np.maximum(box[:, 2:], box[:, :2] + 1)
-        if kind == "tiny":
-            box[0] = [1.0, 1.3, 3.1, 3.4]                    # stride-8 centres are at 4, 12, ...
-        boxes[b, :count] = box
-        labels[b, :count, 0] = rng.integers(0, C, count)
-        pad[b, :count] = 1.0
-    return labels, boxes, pad
-
-
-def pred_boxes(rng, points, batch, kind):
-    """Predicted boxes around the anchor points: containing their point (so every anchor inside a GT has a
-    non-zero IoU with it), except in 'int', where integer boxes may miss the point and the GT, and in 'tied',
-    where each prediction is one of three integer boxes of its image (few distinct IoUs, so tied metrics)."""
-    num = len(points)
-    if kind == "tied":
-        corner = rng.integers(0, 80, (batch, 3, 2)).astype(float)
-        choice = np.concatenate([corner, corner + rng.integers(10, 60, (batch, 3, 2))], axis=-1)
-        return np.take_along_axis(choice, rng.integers(0, 3, (batch, num, 1)), axis=1)
-    if kind == "int":
-        corner = np.round(points + rng.uniform(-30, 10, (batch, num, 2)))
-        return np.concatenate([corner, corner + rng.integers(1, 30, (batch, num, 2))], axis=-1)
-    return np.concatenate([points - rng.uniform(1, 40, (batch, num, 2)),
-                           points + rng.uniform(1, 40, (batch, num, 2))], axis=-1)
+    """Padded GTs on the 96 x 128 image (align/assign_cases.py says what each kind is)."""
+    return cases.gt_case(rng, kind, batch, n_max, WIDTH, HEIGHT, C)
 
 
 def pred_scores(rng, batch, num, kind):
-    if kind in ("int", "tied"):
-        return rng.choice([0.25, 0.5, 0.75], (batch, num, C))   # ties between metrics
-    return rng.uniform(0.01, 1.0, (batch, num, C))
+    return cases.pred_scores(rng, batch, num, kind, C)
 
 
 def to_torch(arrays, dtype):
