@@ -5,28 +5,13 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 from paddle import nn
-from paddle.vision.ops import nms
 
 from paddle_impl.coders.box_coder import DeltaXYWHBBoxCoder
 from paddle_impl.losses.balanced_l1 import balanced_l1_loss
+from paddle_impl.ops.nms import stable_nms as class_nms
 
 # mmdet's avg_factor eps (losses/utils.py): float32 epsilon, also for float64 inputs
 AVG_EPS = float(np.finfo(np.float32).eps)
-
-
-def class_nms(boxes, scores, labels, iou_threshold, num_classes):
-    """Kept indices by score descending, ties by index ascending; IoU > thr suppresses within a label.
-
-    Paddle's nms takes the IoU threshold as a float32 kernel attribute, as mmcv's does (the torch twin rounds
-    it alike). The decision runs in float64 whatever the dtype, as in the torch twin. Paddle's nms orders
-    equal scores arbitrarily (its argsort is not stable): the strictly decreasing surrogate below fixes it."""
-    if boxes.shape[0] == 0:   # Paddle 3.3.1's nms fails on zero boxes
-        return paddle.zeros([0], dtype="int64")
-    order = paddle.argsort(scores, descending=True, stable=True)
-    rank = paddle.arange(order.shape[0], 0, -1, dtype="float64")
-    keep = nms(paddle.gather(boxes, order).astype("float64"), iou_threshold, scores=rank,
-               category_idxs=paddle.gather(labels, order), categories=list(range(num_classes)))
-    return paddle.gather(order, keep)
 
 
 class Shared2FCBBoxHead(nn.Layer):

@@ -5,32 +5,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import batched_nms
 
 from torch_ref.coders.box_coder import DeltaXYWHBBoxCoder
 from torch_ref.losses.balanced_l1 import balanced_l1_loss
+from torch_ref.ops.nms import stable_nms as class_nms
 
 # mmdet's avg_factor eps (losses/utils.py): float32 epsilon, also for float64 inputs
 AVG_EPS = float(np.finfo(np.float32).eps)
-
-
-def _float32(value):
-    # mmcv's nms and Paddle's nms take the IoU threshold as a float32 (0.7 -> 0.699999988); torchvision a double
-    return float(np.float32(value))
-
-
-def class_nms(boxes, scores, labels, iou_threshold):
-    """Kept indices by score descending, ties by index ascending; IoU > thr suppresses within a label.
-
-    The decision runs in float64 whatever the dtype: batched_nms's class-offset trick (<= 1000 boxes on CPU)
-    shifts the coordinates by up to ~80 image widths, which rounds float32 IoUs by up to ~1e-3
-    (torch_ref/ops/multiclass_nms.py) and float64 ones by ~1e-13; the Paddle twin uses raw coordinates.
-    mmcv's sort is not stable (ties have no defined order): the strictly decreasing surrogate scores below
-    make both twins keep and order ties by index."""
-    order = torch.sort(scores, descending=True, stable=True).indices
-    rank = torch.arange(len(order), 0, -1, dtype=torch.float64, device=scores.device)
-    keep = batched_nms(boxes[order].double(), rank, labels[order], _float32(iou_threshold))
-    return order[keep]
 
 
 class Shared2FCBBoxHead(nn.Module):
