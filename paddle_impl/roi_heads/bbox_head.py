@@ -82,10 +82,11 @@ class Shared2FCBBoxHead(nn.Layer):
 
     @paddle.no_grad()
     def predict(self, rois, cls_score, bbox_pred, img_shapes, scale_factors, score_thr=0.05, nms_iou=0.5,
-                max_per_img=100):
+                max_per_img=100, return_index=False):
         """B.6. rois [R, 5] (image index, x1, y1, x2, y2) grouped by image in image order; img_shapes [(h, w)];
         scale_factors [(w_scale, h_scale)] of the resize. Per image (boxes [N, 4] in original-image pixels,
-        scores [N], labels [N] int64), score descending, ties by (RoI, class) ascending."""
+        scores [N], labels [N] int64), score descending, ties by (RoI, class) ascending; return_index: and each
+        detection's RoI index within its image (what identifies it across frameworks)."""
         counts = paddle.bincount(rois[:, 0].astype("int64"), minlength=len(img_shapes)).tolist()
         probs = F.softmax(cls_score, axis=-1)
         results, start = [], 0
@@ -104,5 +105,6 @@ class Shared2FCBBoxHead(nn.Layer):
             kept = class_nms(paddle.gather(boxes, cand), paddle.gather(scores, cand), paddle.gather(labels, cand),
                              nms_iou, self.num_classes)
             keep = paddle.gather(cand, kept)[:max_per_img]
-            results.append((paddle.gather(boxes, keep), paddle.gather(scores, keep), paddle.gather(labels, keep)))
+            results.append((paddle.gather(boxes, keep), paddle.gather(scores, keep), paddle.gather(labels, keep))
+                           + ((keep // self.num_classes,) if return_index else ()))
         return results

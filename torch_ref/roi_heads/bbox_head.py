@@ -80,10 +80,11 @@ class Shared2FCBBoxHead(nn.Module):
 
     @torch.no_grad()
     def predict(self, rois, cls_score, bbox_pred, img_shapes, scale_factors, score_thr=0.05, nms_iou=0.5,
-                max_per_img=100):
+                max_per_img=100, return_index=False):
         """B.6. rois [R, 5] (image index, x1, y1, x2, y2) grouped by image in image order; img_shapes [(h, w)];
         scale_factors [(w_scale, h_scale)] of the resize. Per image (boxes [N, 4] in original-image pixels,
-        scores [N], labels [N] int64), score descending, ties by (RoI, class) ascending."""
+        scores [N], labels [N] int64), score descending, ties by (RoI, class) ascending; return_index: and each
+        detection's RoI index within its image (what identifies it across frameworks)."""
         counts = torch.bincount(rois[:, 0].long(), minlength=len(img_shapes)).tolist()
         probs = F.softmax(cls_score, dim=-1)
         results = []
@@ -99,5 +100,6 @@ class Shared2FCBBoxHead(nn.Module):
             labels = torch.arange(self.num_classes, device=p.device).repeat(n)
             cand = (scores > score_thr).nonzero().squeeze(1)
             keep = cand[class_nms(boxes.reshape(-1, 4)[cand], scores[cand], labels[cand], nms_iou)][:max_per_img]
-            results.append((boxes.reshape(-1, 4)[keep], scores[keep], labels[keep]))
+            results.append((boxes.reshape(-1, 4)[keep], scores[keep], labels[keep])
+                           + ((keep // self.num_classes,) if return_index else ()))
         return results

@@ -1,0 +1,37 @@
+"""Libra R-CNN family: Faster R-CNN R50-FPN 1x with BFP, IoU-balanced sampling and Balanced L1
+(torch_ref/detectors/libra_rcnn.py and its Paddle twin, mmdetection 3.3's names, so its checkpoints load).
+
+Spec: ../shared/specs/libra_rcnn.md. Forward alignment covers every module, the RPN outputs and anchors, the
+proposals, the R-CNN outputs on them and the detections. Training alignment (samplers, targets, losses) is
+not wired in yet (issue "Libra R-CNN mirrored and aligned at every level").
+"""
+from align.detections import detector_outputs
+from align.zoo import GatePlan, ModelSpec, register
+
+# multiples of 32; H != W to catch transposes
+INPUT_SHAPE = (2, 3, 128, 160)
+
+
+def _torch_libra(**kw):
+    from torch_ref.detectors.libra_rcnn import LibraRCNN
+    return LibraRCNN(**kw)
+
+
+def _paddle_libra(**kw):
+    from paddle_impl.detectors.libra_rcnn import LibraRCNN
+    return LibraRCNN(**kw)
+
+
+_FLOAT32_LIMIT = ("float32: each side's R-CNN runs on its own proposals, which a float32 NMS flip changes; "
+                  "replaying one side's proposals on both is not done yet")
+# NonLocal2d's phi bias adds theta_i . b to every logit of row i, which the softmax cancels: its gradient is zero
+# up to rounding (~5e-12 against terms of ~1e-3), so the relative float64 rule compares noise with noise there
+_BACKWARD_LIMIT = ("backward: the gradient of neck.1.refine.phi.conv.bias is analytically zero (softmax shift "
+                   "invariance) and both sides return rounding noise, which the relative rule cannot judge; every "
+                   "other gradient agrees to 1.6e-10 in float64. A cancellation-aware rule is not done yet")
+register(ModelSpec(
+    "libra_rcnn", "Libra R-CNN: Faster R-CNN R50-FPN 1x + BFP (non-local refine) + IoU-balanced sampling + Balanced L1",
+    _torch_libra, _paddle_libra, INPUT_SHAPE, family="libra", outputs=detector_outputs,
+    gate=GatePlan(forward=("float64",), isa_reruns=False, backward=(),
+                  limits={"forward:float32": _FLOAT32_LIMIT, "backward:float64": _BACKWARD_LIMIT,
+                          "backward:float32": _BACKWARD_LIMIT})))

@@ -1,0 +1,82 @@
+"""Libra R-CNN (mmdetection 3.3 libra-faster-rcnn_r50_fpn_1x_coco) in Paddle: ResNet-50, neck = Sequential(FPN,
+BFP), the RPN and the R-CNN box branch, with mmdetection's module names (twin of torch_ref/detectors/libra_rcnn.py;
+../shared/specs/libra_rcnn.md B.2, B.6). This module is inference; the training targets and samplers live in the
+heads and twin_common/samplers.py."""
+import paddle
+from paddle import nn
+
+from paddle_impl.backbones.resnet import resnet50
+from paddle_impl.heads.rpn_head import TEST_PROPOSALS, RPNHead
+from paddle_impl.necks.bfp import BFP
+from paddle_impl.necks.fpn_convmodule import FPN
+from paddle_impl.priors.rpn_anchors import RPNAnchorGenerator
+from paddle_impl.roi_heads.bbox_head import Shared2FCBBoxHead
+from paddle_impl.roi_heads.roi_extractor import SingleRoIExtractor
+
+
+class StandardRoIHead(nn.Layer):
+    """mmdetection's roi_head: the RoI extractor (no parameters) and the box head (keys roi_head.bbox_head.*)."""
+
+    def __init__(self, num_classes=80):
+        super().__init__()
+        self.bbox_roi_extractor = SingleRoIExtractor()
+        self.bbox_head = Shared2FCBBoxHead(num_classes=num_classes)
+
+    def forward(self, feats, rois):
+        """First 4 neck levels and rois [K, 5] [image, x1, y1, x2, y2] -> (cls_score [K, C+1], bbox_pred [K, 4C])."""
+        return self.bbox_head(self.bbox_roi_extractor(feats[:4], rois))
+
+
+def rois_of(proposals):
+    """Per-image proposal boxes -> rois [K, 5] with the image index first (mmdet's bbox2roi)."""
+    return paddle.concat([paddle.concat([paddle.full([b.shape[0], 1], i, dtype=b.dtype), b], axis=1)
+                          for i, b in enumerate(proposals)])
+
+
+class LibraRCNN(nn.Layer):
+    def __init__(self, num_classes=80, frozen_stages=1, norm_eval=True, score_thr=0.05, nms_iou=0.5,
+                 max_per_img=100, proposal_cfg=TEST_PROPOSALS):
+        super().__init__()
+        self.backbone = resnet50(num_classes=None, out_indices=(0, 1, 2, 3), frozen_stages=frozen_stages,
+                                 norm_eval=norm_eval)
+        self.neck = nn.Sequential(FPN((256, 512, 1024, 2048), 256, num_outs=5), BFP(256, num_levels=5, refine_level=2))
+        self.anchor_generator = RPNAnchorGenerator()
+        self.rpn_head = RPNHead(256, 256, self.anchor_generator.num_anchors)
+        self.roi_head = StandardRoIHead(num_classes)
+        self.test_cfg = dict(score_thr=score_thr, nms_iou=nms_iou, max_per_img=max_per_img)
+        self.proposal_cfg = dict(proposal_cfg)                         # nms_pre, max_per_img, iou (B.6)
+        self.detections_per_img = max_per_img
+
+    def forward(self, images):
+        """images [N, 3, H, W], H and W multiples of 32 -> (BFP levels P2-P6, RPN scores, RPN deltas per level)."""
+        feats = self.neck(self.backbone(images))
+        return feats, *self.rpn_head(feats)
+
+    def anchors(self, feats, dtype):
+        return self.anchor_generator([tuple(f.shape[-2:]) for f in feats], dtype=dtype)
+
+    def forward_with_detections(self, images, image_sizes=None, scale_factors=None):
+        """Everything inference computes, by name: RPN outputs and anchors per level, proposals, R-CNN outputs on
+        them and the detections per image (boxes in image_sizes' pixels divided by scale_factors (w, h))."""
+        feats, rpn_cls, rpn_reg = self(images)
+        sizes = image_sizes or [tuple(images.shape[-2:])] * images.shape[0]
+        anchors = self.anchors(feats, images.dtype)
+        proposals = self.rpn_head.predict_proposals(rpn_cls, rpn_reg, anchors, sizes, **self.proposal_cfg)
+        rois = rois_of([p[0] for p in proposals])
+        cls_score, bbox_pred = self.roi_head(feats, rois)
+        scales = scale_factors or [(1.0, 1.0)] * images.shape[0]
+        dets = self.roi_head.bbox_head.predict(rois, cls_score, bbox_pred, sizes, scales, return_index=True,
+                                               **self.test_cfg)
+        levels = [f"P{i + 2}" for i in range(len(feats))]
+        detections = [{"boxes": b, "scores": s, "labels": lab, "anchor_index": idx} for b, s, lab, idx in dets]
+        return {"rpn_cls": dict(zip(levels, rpn_cls)), "rpn_reg": dict(zip(levels, rpn_reg)),
+                "anchors": dict(zip(levels, anchors)),
+                "proposals": {str(i): {"boxes": b, "scores": s, "levels": lv}
+                              for i, (b, s, lv) in enumerate(proposals)},
+                "cls_score": cls_score, "bbox_pred": bbox_pred, "detections": detections}
+
+    @paddle.no_grad()
+    def predict(self, images, image_sizes=None):
+        """Inference: per image a dict of boxes [K, 4] x1y1x2y2 in image_sizes' pixels, scores [K], labels [K]."""
+        dets = self.forward_with_detections(images, image_sizes)["detections"]
+        return [{k: d[k] for k in ("boxes", "scores", "labels")} for d in dets]

@@ -1,0 +1,69 @@
+"""The Libra R-CNN detector twins: mmdetection's 356 state_dict keys, the Paddle twin holding the same weights,
+inference outputs that agree in float64, and the analytically zero gradient the backward check cannot judge yet."""
+from pathlib import Path
+
+import numpy as np
+import paddle
+import pytest
+import torch
+
+from align import zoo
+from align.detections import detector_outputs
+
+KEYS = Path(__file__).parent / "fixtures" / "libra_keys" / "libra_keys.txt"
+
+
+@pytest.fixture(scope="module")
+def twins():
+    spec = zoo.get_spec("libra_rcnn")
+    t, p = zoo.build_models(spec, None, 0, num_classes=80)
+    return spec, t, p
+
+
+def test_torch_twin_has_mmdetections_keys_and_shapes(twins):
+    _, t, p = twins
+    want = [line.split("\t") for line in KEYS.read_text().splitlines() if line.strip()]
+    got = [(k, str(list(v.shape))) for k, v in t.state_dict().items()]
+    assert got == [(k, s) for k, s in want]
+    # the Paddle twin: the same parameters and buffers but torch's num_batches_tracked, Linear weights [in, out]
+    p_state = p.state_dict()
+    assert len(p_state) == len(want) - sum(k.endswith("num_batches_tracked") for k, _ in want)
+    assert list(p_state["roi_head.bbox_head.shared_fcs.0.weight"].shape) == [12544, 1024]
+    assert "neck.1.refine.phi.conv.bias" in p_state and "backbone.bn1._variance" in p_state
+
+
+def test_float64_inference_agrees(twins):
+    spec, t, p = twins
+    x = spec.inputs(0, (1, 3, 96, 128))["images"]
+    t.double().eval()
+    p.to(dtype="float64")
+    p.eval()
+    with torch.no_grad():
+        rt = detector_outputs(t, {"images": torch.from_numpy(x)})
+    with paddle.no_grad():
+        rp = detector_outputs(p, {"images": paddle.to_tensor(x)})
+    pt, pp = rt["proposals"]["0"], rp["proposals"]["0"]
+    assert len(pt["boxes"]) > 0 and pt["boxes"].shape == tuple(pp["boxes"].shape)
+    np.testing.assert_allclose(pp["boxes"].numpy(), pt["boxes"].numpy(), rtol=0, atol=1e-9 * 128)
+    np.testing.assert_array_equal(pp["levels"].numpy(), pt["levels"].numpy())
+    scale = float(rt["cls_score"].abs().max())
+    np.testing.assert_allclose(rp["cls_score"].numpy(), rt["cls_score"].numpy(), rtol=0, atol=1e-9 * scale)
+    dt, dp = rt["detections"]["0"], rp["detections"]["0"]
+    assert int(dt["count"][0]) == int(dp["count"][0]) > 0
+    np.testing.assert_array_equal(dp["labels"], dt["labels"])
+
+
+def test_phi_bias_gradient_is_zero_to_rounding():
+    """NonLocal2d adds theta_i . b_phi to every logit of row i; the softmax cancels it, so d loss / d b_phi is 0
+    up to rounding, both frameworks return noise there, and the backward gate leaves libra_rcnn out (zoo)."""
+    from torch_ref.necks.bfp import NonLocal2d
+    torch.manual_seed(0)
+    block = NonLocal2d(16).double()
+    for m in block.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.normal_(m.weight, std=0.3)
+            torch.nn.init.normal_(m.bias, std=0.3)
+    x = torch.randn(2, 16, 5, 7, dtype=torch.float64)
+    (block(x) * torch.randn(2, 16, 5, 7, dtype=torch.float64)).sum().backward()
+    phi, theta = block.phi.conv.bias.grad.abs().max(), block.theta.conv.bias.grad.abs().max()
+    assert theta > 1e-3 and phi < 1e-12 * theta * 1e3
