@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from align import frameworks
-from align.compare import check_dtype, compare_runs, reported
+from align.compare import FP64_MAX_REL, check_dtype, compare_runs, reported, scale_of
 from align.events import decisions_of, float32_verdicts
 from align.explain import diagnose
 from align.forward import _cast_inputs, call_model, torch_kernel_variant
@@ -106,14 +106,40 @@ def backward_order(arrived: list, counts: dict, grads: dict[str, np.ndarray]) ->
     return log
 
 
+def check_analytically_zero(t_log: dict, p_log: dict, key: str, reason: str, max_rel: float = FP64_MAX_REL) -> dict:
+    """A parameter gradient that is zero by construction (NonLocal2d's phi bias: the softmax cancels it), where
+    both sides return rounding noise and a relative comparison of two noises means nothing: both must be zero
+    to rounding, their largest value at most max_rel times the largest gradient of the module's other
+    parameters (which are not zero). A real gradient there fails."""
+    module = key[len("grad."):].rsplit(".", 1)[0]
+    siblings = [scale_of(v) for k, v in t_log.items() if k.startswith(f"grad.{module}.") and k != key]
+    scale = max(siblings, default=0.0)
+    if scale <= 0:
+        raise ValueError(f"{key}: declared analytically zero, but its module has no other non-zero gradient")
+    worst = max(scale_of(t_log[key]), scale_of(p_log[key]))
+    return {"max_abs": worst, "sibling_scale": scale, "max_rel": worst / scale, "compared": int(np.size(t_log[key])),
+            "rule": "analytically-zero", "tolerance_rel": max_rel, "ratio": worst / scale / max_rel,
+            "passed": bool(worst / scale <= max_rel), "reason": reason}
+
+
+def judge_zero_gradients(results: dict, t_log: dict, p_log: dict, zero_grads: dict[str, str] | None) -> None:
+    """Re-judge the float64 keys of the gradients a model declares zero by construction ({parameter: why})."""
+    for name, reason in (zero_grads or {}).items():
+        key = f"grad.{name}"
+        if key not in results:
+            raise ValueError(f"{key}: declared analytically zero, but not compared")
+        results[key] = check_analytically_zero(t_log, p_log, key, reason)
+
+
 def align_backward(torch_model: Any, paddle_model: Any, inputs: dict[str, np.ndarray], dtype: str,
                    out_dir: str | os.PathLike, seed: int = 0, check: str = "backward",
                    extra: dict | None = None, objective_fns: tuple[Callable, Callable] | None = None,
-                   keyword: bool = False, save_tensors: str = "failing") -> dict:
+                   keyword: bool = False, save_tensors: str = "failing", zero_grads: dict | None = None) -> dict:
     """Run the objective's backward on both models, compare every parameter and output gradient, write the report.
 
     objective_fns: (torch loss(outputs), Paddle loss(outputs)) -> scalar, instead of the seeded projection;
-    keyword: call the models with the inputs as keyword arguments (pair files)."""
+    keyword: call the models with the inputs as keyword arguments (pair files); zero_grads: {parameter: why}
+    of gradients zero by construction, judged in float64 by check_analytically_zero."""
     t_obj, p_obj = objective_fns or (None, None)
     check_dtype(dtype)
     flips = None
@@ -121,6 +147,7 @@ def align_backward(torch_model: Any, paddle_model: Any, inputs: dict[str, np.nda
         (t, _), (p, _) = (_pass(torch_model, inputs, dtype, seed, None, False, t_obj, keyword),
                           _pass(paddle_model, inputs, dtype, seed, None, False, p_obj, keyword))
         results = compare_runs(dtype, t, p)
+        judge_zero_gradients(results, t, p, zero_grads)
     else:
         results, t, p, flips = float32_verdicts(
             lambda dt, replay, variant: _pass(torch_model, inputs, dt, seed, replay, variant, t_obj, keyword),

@@ -353,6 +353,8 @@ def recheck(stats: dict, fp64_max_rel: float = FP64_MAX_REL, multiple: float = N
             return None
         if rule == "float64-twins":
             return None if num("float64_max_rel") <= fp64_max_rel else "float64 twins disagree"
+        if rule == "analytically-zero":     # both sides' largest value against the module's other gradients
+            return None if num("max_rel") <= fp64_max_rel else f"not zero: {num('max_rel'):.3g} > {fp64_max_rel:g}"
         return f"unknown rule {rule!r}"
     except ValueError as e:
         return str(e)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from align import frameworks
-from align.backward import align_backward
+from align.backward import align_backward, judge_zero_gradients
 from align.compare import compare_runs
 from align.events import decisions_of, float32_verdicts
 from align.forward import torch_kernel_variant
@@ -81,7 +81,8 @@ def run_projection(spec: ModelSpec, dtype: str = "float64", out: str | os.PathLi
     torch_model, paddle_model = build_models(spec, None, seed)
     return align_backward(torch_model, paddle_model, spec.inputs(seed), dtype,
                           str(Path(out) / spec.name / "backward"), seed, check=f"backward:{spec.name}",
-                          extra={"model": spec.name, "seed": seed, "objective": "seeded projection"})
+                          extra={"model": spec.name, "seed": seed, "objective": "seeded projection"},
+                          zero_grads=spec.zero_gradients)
 
 
 def run_backward(name: str, dtype: str = "float64", data: str | os.PathLike | None = None,
@@ -94,6 +95,7 @@ def run_backward(name: str, dtype: str = "float64", data: str | os.PathLike | No
     if dtype == "float64":
         (t, _), (p, _) = runner.torch(dtype), runner.paddle(dtype)
         results = compare_runs(dtype, t, p)
+        judge_zero_gradients(results, t, p, spec.zero_gradients)
     else:
         results, t, p, flips = float32_verdicts(runner.torch, runner.paddle)
     unmatched = {"torch_only": [k for k in t if k not in p], "paddle_only": [k for k in p if k not in t]}

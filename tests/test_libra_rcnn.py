@@ -1,5 +1,5 @@
 """The Libra R-CNN detector twins: mmdetection's 356 state_dict keys, the Paddle twin holding the same weights,
-inference outputs that agree in float64, and the analytically zero gradient the backward check cannot judge yet."""
+inference outputs that agree in float64, and the analytically zero gradient the backward check judges as zero."""
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +55,7 @@ def test_float64_inference_agrees(twins):
 
 def test_phi_bias_gradient_is_zero_to_rounding():
     """NonLocal2d adds theta_i . b_phi to every logit of row i; the softmax cancels it, so d loss / d b_phi is 0
-    up to rounding, both frameworks return noise there, and the backward gate leaves libra_rcnn out (zoo)."""
+    up to rounding: both frameworks return noise there, judged by align.backward.check_analytically_zero."""
     from torch_ref.necks.bfp import NonLocal2d
     torch.manual_seed(0)
     block = NonLocal2d(16).double()
@@ -67,3 +67,15 @@ def test_phi_bias_gradient_is_zero_to_rounding():
     (block(x) * torch.randn(2, 16, 5, 7, dtype=torch.float64)).sum().backward()
     phi, theta = block.phi.conv.bias.grad.abs().max(), block.theta.conv.bias.grad.abs().max()
     assert theta > 1e-3 and phi < 1e-12 * theta * 1e3
+
+
+def test_analytically_zero_rule_passes_rounding_and_fails_a_real_gradient():
+    from align.backward import check_analytically_zero
+    from align.compare import recheck
+    t = {"grad.m.weight": np.full(4, 3e3), "grad.m.bias": np.full(3, 5e-12)}
+    noise = check_analytically_zero(t, {**t, "grad.m.bias": np.full(3, -4e-12)}, "grad.m.bias", "softmax")
+    assert noise["passed"] and recheck(noise) is None and noise["max_rel"] == pytest.approx(5e-12 / 3e3)
+    real = check_analytically_zero(t, {**t, "grad.m.bias": np.full(3, 1e-3)}, "grad.m.bias", "softmax")
+    assert not real["passed"] and recheck({**real, "passed": True}).startswith("not zero")
+    with pytest.raises(ValueError, match="no other non-zero gradient"):
+        check_analytically_zero({"grad.m.bias": np.zeros(3)}, {"grad.m.bias": np.zeros(3)}, "grad.m.bias", "x")

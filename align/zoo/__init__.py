@@ -96,6 +96,8 @@ class ModelSpec:
     init: Callable[[Any, int], Any] | None = None
     # deploy(model, dtype) -> model: the inference form (e.g. RepVGG folds), in the model's own framework
     deploy: Callable[[Any, str], Any] | None = None
+    # {parameter: why} of gradients zero by construction, judged as zero in float64 (align.backward)
+    zero_gradients: dict = field(default_factory=dict)
 
     def levels(self) -> tuple:
         """The tools that can run this model."""
