@@ -79,3 +79,26 @@ def test_analytically_zero_rule_passes_rounding_and_fails_a_real_gradient():
     assert not real["passed"] and recheck({**real, "passed": True}).startswith("not zero")
     with pytest.raises(ValueError, match="no other non-zero gradient"):
         check_analytically_zero({"grad.m.bias": np.zeros(3)}, {"grad.m.bias": np.zeros(3)}, "grad.m.bias", "x")
+
+
+def test_an_mmdetection_checkpoint_round_trips_through_paddle_bit_exactly(twins, tmp_path):
+    """A seeded torch state_dict under mmdetection's names (as libra_faster_rcnn_r50_fpn_1x_coco.pth holds it)
+    -> Paddle (Linear weights transposed) -> torch, byte for byte; it loads strictly into the torch twin."""
+    from align.convert import layout_for
+    from weights_convert.checkpoint_io import load_paddle, load_torch
+    from weights_convert.convert import convert_file
+    from weights_convert.rules import torch_key_to_paddle as to_paddle
+    _, t, _ = twins
+    src_path, pd_path, back = tmp_path / "libra.pth", tmp_path / "libra.pdparams", tmp_path / "back.pth"
+    torch.save({k: v.float() if v.is_floating_point() else v for k, v in t.state_dict().items()}, src_path)
+    layout = layout_for("libra_rcnn")
+    assert sorted(layout.linear_keys) == sorted(k for k in t.state_dict()
+                                                if k.startswith("roi_head.bbox_head.") and k.endswith(".weight"))
+    convert_file(layout, str(src_path), str(pd_path))
+    convert_file(layout, str(pd_path), str(back))
+    src, pd, rt = load_torch(str(src_path)), load_paddle(str(pd_path)), load_torch(str(back))
+    assert list(rt) == list(src)
+    assert all(src[k].tobytes() == rt[k].tobytes() for k in src)
+    fc = "roi_head.bbox_head.shared_fcs.0.weight"
+    assert pd[fc].shape == (12544, 1024) and np.array_equal(pd[fc], src[fc].T)
+    assert all(to_paddle(k) in pd for k in src if not k.endswith("num_batches_tracked"))
