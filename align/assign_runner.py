@@ -43,7 +43,7 @@ import numpy as np
 
 from align import assign_cases, frameworks
 from align.compare import check_dtype
-from align.loss_runner import judge_twins, vs_numpy
+from align.loss_runner import judge_twins, run_sides, vs_numpy
 from align.numpy_ref import ppyoloe_assign as ref
 from align.report import save_reprod_log, write_report
 
@@ -328,13 +328,7 @@ def run_assigner(name: str, dtype: str = "float64", out: str = "reports", seed: 
     torch_log, paddle_log, numpy_log, results, cases = OrderedDict(), OrderedDict(), OrderedDict(), OrderedDict(), {}
     timings = {"torch_s": 0.0, "paddle_s": 0.0, "numpy_s": 0.0}
     for case in make_cases(np.random.default_rng(seed), name, kinds):
-        runs = {}
-        for label, side in sides.items():
-            start = time.perf_counter()
-            runs[label] = run_side(side, spec, case, dtype)
-            if dtype == "float32":
-                runs[label + "64"] = run_side(side, spec, case, "float64")
-            timings[f"{label}_s"] += time.perf_counter() - start
+        runs = run_sides(run_side, sides, spec, case, dtype, timings)
         start = time.perf_counter()
         *reference, info = spec.reference(case, paddle_topk)
         timings["numpy_s"] += time.perf_counter() - start

@@ -207,6 +207,19 @@ def _step_of(key):
     return parts[1] if len(parts) > 3 and parts[1].startswith("step") else "step0"
 
 
+def run_sides(run, sides: dict, spec, case, dtype: str, timings: dict) -> dict:
+    """{"torch": ..., "paddle": ...} of run(framework, spec, case, dtype), plus "torch64"/"paddle64" (the float64
+    twins, for the noise floor) in float32; each side's time is added to timings["<side>_s"]."""
+    runs = {}
+    for label, side in sides.items():
+        start = time.perf_counter()
+        runs[label] = run(side, spec, case, dtype)
+        if dtype == "float32":
+            runs[label + "64"] = run(side, spec, case, "float64")
+        timings[f"{label}_s"] += time.perf_counter() - start
+    return runs
+
+
 def run_spec(spec: LossSpec, dtype: str = "float64", out: str = "reports", seed: int = 0) -> dict:
     """Run every case of `spec` in `dtype`; write DIR/losses/<name>/ and return the summary."""
     check_dtype(dtype)
@@ -216,13 +229,7 @@ def run_spec(spec: LossSpec, dtype: str = "float64", out: str = "reports", seed:
     case_info = {}
     timings = {"torch_s": 0.0, "paddle_s": 0.0, "numpy_s": 0.0}
     for case in cases:
-        runs = {}
-        for label, side in sides.items():
-            start = time.perf_counter()
-            runs[label] = run_framework(side, spec, case, dtype)
-            if dtype == "float32":
-                runs[label + "64"] = run_framework(side, spec, case, "float64")
-            timings[f"{label}_s"] += time.perf_counter() - start
+        runs = run_sides(run_framework, sides, spec, case, dtype, timings)
         start = time.perf_counter()
         reference = spec.numpy_reference(case.steps, case.grad_wrt)
         timings["numpy_s"] += time.perf_counter() - start
