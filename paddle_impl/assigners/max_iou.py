@@ -6,7 +6,7 @@ from typing import NamedTuple, Optional
 
 import paddle
 
-from paddle_impl.ops.iou import box_iou  # noqa: F401 (re-exported by paddle_impl.assigners)
+from paddle_impl.ops.iou import box_iou  # also re-exported by paddle_impl.assigners
 
 
 class AssignResult(NamedTuple):
@@ -19,17 +19,8 @@ IOU_EPS = 1e-6  # mmdet BboxOverlaps2D clamps the union to >= eps
 
 
 def bbox_overlaps(boxes1, boxes2, eps=IOU_EPS):
-    """(N, 4) x (M, 4) -> (N, M) IoU, no +1, union clamped >= eps (mmdet); otherwise box_iou's formula (bit-equal
-    to torchvision), so bit-equal to it wherever the union >= eps."""
-    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
-    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
-    lt = paddle.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
-    rb = paddle.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])
-    wh = paddle.clip(rb - lt, min=0.0)
-    inter = wh[:, :, 0] * wh[:, :, 1]
-    union = paddle.maximum(area1[:, None] + area2[None, :] - inter, paddle.full([], eps, dtype=inter.dtype))
-    # broadcasting divide: correctly rounded, unlike the same-shape MKL path (see paddle_impl/ops/iou.py)
-    return (inter[None] / union)[0]
+    """(N, 4) x (M, 4) -> (N, M) IoU, no +1, union clamped >= eps (mmdet)."""
+    return box_iou(boxes1, boxes2, eps)
 
 
 def _check_boxes(name, boxes):

@@ -2,8 +2,9 @@
 import paddle
 
 
-def box_iou(boxes1, boxes2):
-    """(N, 4) x (M, 4) x1y1x2y2 -> (N, M) IoU, torchvision's formula."""
+def box_iou(boxes1, boxes2, eps=None):
+    """(N, 4) x (M, 4) x1y1x2y2 -> (N, M) IoU, torchvision's formula; eps: the union clamped >= eps (mmdet's
+    BboxOverlaps2D), bit-equal to the plain formula wherever the union >= eps."""
     area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
     area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
     lt = paddle.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
@@ -11,6 +12,8 @@ def box_iou(boxes1, boxes2):
     wh = paddle.clip(rb - lt, min=0.0)
     inter = wh[:, :, 0] * wh[:, :, 1]
     union = area1[:, None] + area2[None, :] - inter
+    if eps is not None:
+        union = paddle.maximum(union, paddle.full([], eps, dtype=inter.dtype))
     # Paddle's same-shape divide of >= ~1000 elements (MKL VML path) is off by 1 ulp on ~0.1% of
     # elements; the broadcasting path is correctly rounded and matches torchvision bit for bit.
     return (inter[None] / union)[0]

@@ -6,7 +6,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from torch_ref.ops.iou import box_iou  # noqa: F401 (re-exported by torch_ref.assigners)
+from torch_ref.ops.iou import box_iou  # also re-exported by torch_ref.assigners
 
 
 class AssignResult(NamedTuple):
@@ -19,15 +19,8 @@ IOU_EPS = 1e-6  # mmdet BboxOverlaps2D clamps the union to >= eps
 
 
 def bbox_overlaps(boxes1, boxes2, eps=IOU_EPS):
-    """(N, 4) x (M, 4) -> (N, M) IoU, no +1, union clamped >= eps (mmdet); otherwise torchvision's box_iou
-    formula, so bit-equal to it wherever the union >= eps."""
-    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
-    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
-    lt = torch.max(boxes1[:, None, :2], boxes2[:, :2])
-    rb = torch.min(boxes1[:, None, 2:], boxes2[:, 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    return inter / (area1[:, None] + area2 - inter).clamp(min=eps)
+    """(N, 4) x (M, 4) -> (N, M) IoU, no +1, union clamped >= eps (mmdet)."""
+    return box_iou(boxes1, boxes2, eps)
 
 
 def _check_boxes(name, boxes):

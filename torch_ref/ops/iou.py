@@ -3,9 +3,18 @@ import torch
 import torchvision
 
 
-def box_iou(boxes1, boxes2):
-    """(N, 4) x (M, 4) x1y1x2y2 -> (N, M) IoU."""
-    return torchvision.ops.box_iou(boxes1, boxes2)
+def box_iou(boxes1, boxes2, eps=None):
+    """(N, 4) x (M, 4) x1y1x2y2 -> (N, M) IoU; eps: the union clamped >= eps (mmdet's BboxOverlaps2D) in
+    torchvision's formula, bit-equal to torchvision wherever the union >= eps."""
+    if eps is None:
+        return torchvision.ops.box_iou(boxes1, boxes2)
+    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
+    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
+    lt = torch.max(boxes1[:, None, :2], boxes2[:, :2])
+    rb = torch.min(boxes1[:, None, 2:], boxes2[:, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    return inter / (area1[:, None] + area2 - inter).clamp(min=eps)
 
 
 def legacy_iou(anchors, boxes):
