@@ -68,6 +68,8 @@ float64 twins ("float64-twins"): float32 training steps after the first are judg
 from __future__ import annotations
 
 import json
+import os
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -105,22 +107,148 @@ def _abs_max(a):
     return float(max(a.max(), -a.min()))
 
 
+# Block-wise kernels: one pass over the inputs, a cache-sized float64 buffer instead of full-size temporaries
+# (and instead of float64 copies of float32 inputs). Blocks follow the split points of NumPy's pairwise
+# summation, so that every sum below equals, bit for bit, the one NumPy takes over the whole float64 array
+# (tests/test_store.py checks it): the statistics are those of the straightforward full-array code.
+BLOCK = 1 << 16                    # elements (512 KB of float64): a block of two inputs and the buffer stay in L2
+_SCRATCH = threading.local()
+_NUMERIC = "biuf"                  # kinds the kernels take (bool, integers, floats); others: full-array code
+
+
+def _scratch(n: int, slot: int = 0) -> np.ndarray:
+    """A float64 buffer of n <= BLOCK elements, one per thread and slot, reused (fresh memory is slow to first
+    touch)."""
+    bufs = getattr(_SCRATCH, "bufs", None)
+    if bufs is None:
+        bufs = _SCRATCH.bufs = {}
+    buf = bufs.get(slot)
+    if buf is None:
+        buf = bufs[slot] = np.empty(BLOCK)
+    return buf[:n]
+
+
+def _flat(a: np.ndarray) -> np.ndarray:
+    return a.reshape(-1)           # a view when contiguous (a copy otherwise, as the full-array code made)
+
+
+def _split(lo, hi):
+    half = (hi - lo) // 2
+    return lo + half - half % 8
+
+
+def block_tree(n: int, leaf, combine, threads: int | None = None):
+    """leaf(lo, hi) over blocks of range(n) of at most BLOCK elements, combined pairwise by combine(left,
+    right) on the split points of NumPy's pairwise summation (n // 2 rounded down to a multiple of 8).
+
+    Large inputs are cut into subtrees computed on `threads` threads (default compare_threads(); NumPy
+    releases the GIL in its loops) and combined in the same tree, so the result does not depend on them."""
+    def tree(lo, hi):
+        if hi - lo <= BLOCK:
+            return leaf(lo, hi)
+        mid = _split(lo, hi)
+        return combine(tree(lo, mid), tree(mid, hi))
+    threads = compare_threads() if threads is None else threads
+    if threads < 2 or n < 4 * BLOCK:
+        return tree(0, n)
+
+    def cut(lo, hi, depth):               # the top of the tree, down to about 2 subtrees per thread
+        if depth == 0 or hi - lo <= BLOCK:
+            return (lo, hi)
+        mid = _split(lo, hi)
+        return (cut(lo, mid, depth - 1), cut(mid, hi, depth - 1))
+    top = cut(0, n, max(1, (2 * threads - 1).bit_length()))
+    ranges = []
+
+    def collect(node):
+        if isinstance(node[0], tuple):
+            collect(node[0])
+            collect(node[1])
+        else:
+            ranges.append(node)
+    collect(top)
+    pool = _pool(threads)
+    futures = {r: pool.submit(tree, *r) for r in ranges[1:]}
+    done = {ranges[0]: tree(*ranges[0])}                  # this thread takes the first subtree
+    done.update((r, f.result()) for r, f in futures.items())
+
+    def join(node):
+        if isinstance(node[0], tuple):
+            return combine(join(node[0]), join(node[1]))
+        return done[node]
+    return join(top)
+
+
+_POOLS: dict = {}
+
+
+def _pool(threads: int):
+    pool = _POOLS.get(threads)
+    if pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+        pool = _POOLS[threads] = ThreadPoolExecutor(threads - 1, thread_name_prefix="align-compare")
+    return pool
+
+
+def compare_threads() -> int:
+    """Threads the block-wise kernels use on large tensors: ALIGN_COMPARE_THREADS, default the CPUs (at most 8).
+    The frameworks wait meanwhile (align.lockstep runs one thing at a time)."""
+    value = os.environ.get("ALIGN_COMPARE_THREADS", "")
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def _absdiff(a, b, lo, hi):
+    buf = _scratch(hi - lo)
+    np.subtract(a[lo:hi], b[lo:hi], out=buf, dtype=np.float64)
+    return np.abs(buf, out=buf)
+
+
+def _finite_abs_max(block) -> float:
+    """max |x| over the finite elements of a block (-inf when none)."""
+    top, bottom = float(block.max()), float(block.min())
+    if np.isfinite(top) and np.isfinite(bottom):
+        return max(top, -bottom)
+    block = np.asarray(block, dtype=np.float64)
+    block = block[np.isfinite(block)]
+    return _abs_max(block) if block.size else float("-inf")
+
+
 def diff_stats(reference: np.ndarray, other: np.ndarray) -> dict:
     """max_abs, mean_abs and max_rel of `other` against `reference`, computed in float64.
 
     Non-finite values agree only where both sides have the same one at the same element; those elements
     are counted (`nonfinite`) and left out of the statistics. `compared` counts the elements compared: a
     non-empty tensor with none finite compared nothing and gets infinite differences (it fails every rule)."""
-    ref, oth = _f64(reference), _f64(other)
+    ref, oth = np.asarray(reference), np.asarray(other)
     if ref.shape != oth.shape:
         return {"max_abs": float("inf"), "mean_abs": float("inf"), "max_rel": float("inf"),
                 "shape_mismatch": [list(ref.shape), list(oth.shape)]}
     if ref.size == 0:
         return {"max_abs": 0.0, "mean_abs": 0.0, "max_rel": 0.0, "compared": 0}
-    ref, oth = ref.reshape(-1), oth.reshape(-1)          # 1-d: a 0-d subtraction would give a scalar
+    if ref.dtype.kind not in _NUMERIC or oth.dtype.kind not in _NUMERIC:
+        return _diff_stats_full(ref, oth)
+    ref, oth = _flat(ref), _flat(oth)          # 1-d: a 0-d subtraction would give a scalar
+
+    def leaf(lo, hi):                          # the common case in one pass: sum and max of |d|, max |ref|
+        d = _absdiff(ref, oth, lo, hi)
+        r = ref[lo:hi]
+        return np.add.reduce(d), d.max(), float(r.max()), float(r.min())
+
+    total, max_abs, top, bottom = block_tree(ref.size, leaf, lambda a, b: (a[0] + b[0], max(a[1], b[1]),
+                                                                          max(a[2], b[2]), min(a[3], b[3])))
+    if np.isfinite(total):                     # both sides finite everywhere
+        return _stats_of(float(max_abs), float(total / ref.size), float(max(top, -bottom)), None, ref.size)
+    return _diff_stats_full(ref, oth)
+
+
+def _diff_stats_full(reference, other) -> dict:
+    """diff_stats on whole float64 arrays (non-finite values, other dtypes)."""
+    ref, oth = _f64(reference).reshape(-1), _f64(other).reshape(-1)
     d = np.subtract(ref, oth)
     np.abs(d, out=d)
-    if np.isfinite(d.sum()):          # the common case, in four passes: both sides finite everywhere
+    if np.isfinite(d.sum()):
         return _stats_of(float(d.max()), float(d.mean()), _abs_max(ref), None, d.size)
     finite = np.isfinite(ref) & np.isfinite(oth)
     same_nonfinite = (~finite) & ((ref == oth) | (np.isnan(ref) & np.isnan(oth)))
@@ -142,6 +270,123 @@ def _stats_of(max_abs, mean_abs, scale, nonfinite, compared):
     return stats
 
 
+def _add(a, b):
+    return a + b
+
+
+class Summaries:
+    """Several same-shaped floating arrays read together (in blocks, align.compare.block_tree): the numbers
+    diff_stats, max_abs_diff, scale_of and align.store.tensor_stats would give, bit for bit (tensor_stats' L2
+    norm to its last bits), for the pairs and arrays asked for, in two passes (the second for the standard
+    deviations) where those functions take one or two passes each. Summaries.of() is None when they do not
+    apply as they are (shapes differ, an empty or a non-floating array, a value that is not finite, a sum that
+    overflows): ask those functions then."""
+
+    def __init__(self, n, pairs, sums, lows, highs, squares, deviations):
+        self.n, self._pairs, self._sums, self._lows, self._highs = n, pairs, sums, lows, highs
+        self._squares, self._deviations = squares, deviations
+
+    @classmethod
+    def of(cls, arrays: dict[str, np.ndarray], diffs: Sequence[tuple[str, str]] = (),
+           maxes: Sequence[tuple[str, str]] = (), stats: Sequence[str] = ()) -> "Summaries | None":
+        """diffs: (reference, other) pairs to take diff_stats of; maxes: pairs to take max_abs_diff of (every
+        array must be in a pair: the finiteness check); stats: names to take tensor_stats of. scale_of is
+        answered for the references of diffs and the names in stats."""
+        arrays = {k: np.asarray(v) for k, v in arrays.items()}
+        shapes = {v.shape for v in arrays.values()}
+        if len(shapes) != 1 or any(v.dtype.kind != "f" or not v.size for v in arrays.values()):
+            return None
+        if {k for pair in (*diffs, *maxes) for k in pair} != set(arrays):
+            return None
+        flat = {k: _flat(v) for k, v in arrays.items()}
+        names = list(flat)
+        ranged = list(dict.fromkeys([*stats, *(a for a, _ in diffs)]))
+        slots = {k: i + 1 for i, k in enumerate(names)}
+
+        def as64(name, lo, hi):
+            block = flat[name][lo:hi]
+            if block.dtype == np.float64:
+                return block
+            buf = _scratch(hi - lo, slots[name])
+            np.copyto(buf, block, casting="unsafe")
+            return buf
+
+        def first(lo, hi):
+            blocks = {k: as64(k, lo, hi) for k in names}
+            buf = _scratch(hi - lo)
+            out = []
+            for a, b in diffs:
+                np.subtract(blocks[a], blocks[b], out=buf)
+                np.abs(buf, out=buf)
+                out += [np.add.reduce(buf), buf.max()]
+            for a, b in maxes:
+                np.subtract(blocks[a], blocks[b], out=buf)
+                np.abs(buf, out=buf)
+                out.append(buf.max())
+            for k in ranged:
+                out += [blocks[k].min(), blocks[k].max()]
+            out += [np.add.reduce(blocks[k]) for k in stats]
+            return out
+        ops = [_add, max] * len(diffs) + [max] * len(maxes) + [min, max] * len(ranged) + [_add] * len(stats)
+
+        def combine(x, y):
+            return [op(a, b) for op, a, b in zip(ops, x, y)]
+        size = flat[names[0]].size
+        with np.errstate(all="ignore"):
+            got = iter(block_tree(size, first, combine))
+        pairs = {pair: (next(got), next(got)) for pair in diffs}
+        pairs.update({pair: (None, next(got)) for pair in maxes})
+        if not all(np.isfinite(top) and (total is None or np.isfinite(total)) for total, top in pairs.values()):
+            return None                    # a value not finite (or a sum overflowing): the full-array code decides
+        lows, highs = {}, {}
+        for k in ranged:
+            lows[k], highs[k] = next(got), next(got)
+        sums = {k: next(got) for k in stats}
+        means = {k: sums[k] / size for k in stats}
+
+        def second(lo, hi):
+            buf = _scratch(hi - lo)
+            out = []
+            for k in stats:
+                np.subtract(flat[k][lo:hi], means[k], out=buf, dtype=np.float64)
+                np.multiply(buf, buf, out=buf)
+                out.append(np.add.reduce(buf))
+            return out
+        deviations = {}
+        if stats:
+            deviations = dict(zip(stats, block_tree(size, second, lambda x, y: [a + b for a, b in zip(x, y)])))
+        # sum of squares = sum of squared deviations + n mean^2 (both terms >= 0): the L2 norm without another
+        # pass; it differs from tensor_stats' own sum of squares in the last bits only
+        squares = {k: deviations[k] + size * means[k] * means[k] for k in stats}
+        return cls(size, pairs, sums, lows, highs, squares, deviations)
+
+    def scale(self, name: str) -> float:
+        """scale_of(arrays[name])."""
+        return float(max(self._highs[name], -self._lows[name]))
+
+    def diff(self, reference: str, other: str) -> dict:
+        """diff_stats(arrays[reference], arrays[other])."""
+        total, top = self._pairs[reference, other]
+        return _stats_of(float(top), float(total / self.n), self.scale(reference), None, self.n)
+
+    def max_abs(self, a: str, b: str) -> float:
+        """max_abs_diff(arrays[a], arrays[b]) (either order of a pair)."""
+        return float(self._pairs[(a, b) if (a, b) in self._pairs else (b, a)][1])  # diffs' too
+
+    def stats(self, name: str) -> np.ndarray:
+        """align.store.tensor_stats(arrays[name])."""
+        mean = self._sums[name] / self.n
+        return np.array([mean, np.sqrt(self._deviations[name] / self.n), self._lows[name], self._highs[name],
+                         np.sqrt(self._squares[name]), self.n])
+
+
+def judge_float64(stats: dict, max_rel: float = FP64_MAX_REL) -> dict:
+    """The float64 rule on diff_stats' numbers (check_float64 from its parts)."""
+    stats.update(rule="float64", tolerance_rel=max_rel, ratio=_ratio(stats["max_rel"], max_rel))
+    stats["passed"] = bool(stats["max_rel"] <= max_rel)
+    return stats
+
+
 def check_float64(reference: np.ndarray, other: np.ndarray, max_rel: float = FP64_MAX_REL) -> dict:
     stats = diff_stats(reference, other)
     stats.update(rule="float64", tolerance_rel=max_rel, ratio=_ratio(stats["max_rel"], max_rel))
@@ -151,28 +396,36 @@ def check_float64(reference: np.ndarray, other: np.ndarray, max_rel: float = FP6
 
 def max_abs_diff(a, b) -> float:
     """max |a - b| over the elements where it is finite (inf for differing shapes)."""
-    a, b = _f64(a), _f64(b)
+    a, b = np.asarray(a), np.asarray(b)
     if a.shape != b.shape:
         return float("inf")
     if a.size == 0:
         return 0.0
-    d = np.subtract(a.reshape(-1), b.reshape(-1))
-    np.abs(d, out=d)
-    if np.isfinite(d.sum()):
-        return float(d.max())
-    d = d[np.isfinite(d)]
-    return float(d.max()) if d.size else 0.0
+    if a.dtype.kind not in _NUMERIC or b.dtype.kind not in _NUMERIC:
+        a, b = _f64(a), _f64(b)
+    a, b = _flat(a), _flat(b)
+
+    def leaf(lo, hi):
+        d = _absdiff(a, b, lo, hi)
+        top = float(d.max())
+        if np.isfinite(top):
+            return top
+        d = d[np.isfinite(d)]
+        return float(d.max()) if d.size else float("-inf")
+    top = block_tree(a.size, leaf, max)
+    return top if top != float("-inf") else 0.0
 
 
 def scale_of(ref) -> float:
     """max |ref| over its finite elements."""
-    ref = _f64(ref)
+    ref = np.asarray(ref)
     if not ref.size:
         return 0.0
-    if np.isfinite(ref.sum()):
-        return _abs_max(ref)
-    finite = ref[np.isfinite(ref)]
-    return _abs_max(finite) if finite.size else 0.0
+    if ref.dtype.kind not in _NUMERIC:
+        ref = _f64(ref)
+    ref = _flat(ref)
+    top = block_tree(ref.size, lambda lo, hi: _finite_abs_max(ref[lo:hi]), max)
+    return top if top != float("-inf") else 0.0
 
 
 def _floor_fields(noise_torch, noise_alt, noise_paddle, scale, multiple):

@@ -7,10 +7,19 @@ Both models run in eval mode on the same inputs. Every named submodule's output 
 run in float64 (same weights, cast) to measure each framework's own rounding noise, and torch once more
 in float32 with its other convolution backend (torch_kernel_variant) for the envelope of its legitimate
 float32 error (align.compare). The models are left in float32 afterwards if they came in float32.
+
+The runs go in lockstep by default (align.lockstep): every run in a thread of its own, one at a time, each
+module's outputs compared as soon as all runs have produced them, so no run waits whole in memory or on disk
+(float32 runs its five passes on copies of the models: torch in float64 and with its other kernels, Paddle in
+float64). ALIGN_LOCKSTEP=0 (or lockstep=False) runs them one after the other instead, holding the runs the
+later ones are compared against (align.store); both give the same report. A pair whose keys cannot be matched
+by module call (a module named like another's output subkey), or whose models cannot be copied, runs one
+after the other.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import time
 from collections import ChainMap
@@ -20,12 +29,15 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from align import frameworks
+from align import lockstep as ls
 from align.compare import (
+    Summaries,
     check_dtype,
     check_float64_or_exact,
     compare_runs,
     diff_stats,
     float32_verdict,
+    judge_float64,
     max_abs_diff,
     scale_of,
 )
@@ -91,10 +103,18 @@ def run_side(model: Any, inputs: dict[str, np.ndarray], dtype: str, outputs_fn: 
     return SideRun(records, dict(flat), hook_keys + [k for k, _ in flat], dict(rec.counts), seconds)
 
 
+def lockstep_default() -> bool:
+    """Whether align_forward runs its passes in lockstep (ALIGN_LOCKSTEP, default 1)."""
+    value = os.environ.get("ALIGN_LOCKSTEP", "1")
+    if value not in ("0", "1"):
+        raise ValueError(f"ALIGN_LOCKSTEP must be 0 or 1, got {value!r}")
+    return value == "1"
+
+
 def align_forward(torch_model: Any, paddle_model: Any, inputs: dict[str, np.ndarray], dtype: str,
                   out_dir: str | os.PathLike, outputs_fn: Callable | None = None, check: str = "forward",
                   extra: dict | None = None, float64_view: Callable | None = None,
-                  save_tensors: str = "failing") -> dict:
+                  save_tensors: str = "failing", lockstep: bool | None = None) -> dict:
     """Run both models, compare every matched record, write the report to out_dir; returns the summary.
 
     inputs: {name: ndarray}, passed positionally in this order (or to the outputs_fn as tensors).
@@ -105,21 +125,35 @@ def align_forward(torch_model: Any, paddle_model: Any, inputs: dict[str, np.ndar
     save_tensors: which full tensors the reprod_log files keep ('all', 'failing': the failing keys and the
     first divergence, 'none'); every other key keeps its statistics (align.report).
 
-    Memory: the last run is compared as its outputs arrive and keeps no tensor it does not report; the runs
-    it is compared against wait in align.store (in memory up to ALIGN_MEMORY_GB, then on disk under out_dir).
+    lockstep: run the passes in lockstep (module docstring; default lockstep_default()).
+
+    Memory: in lockstep an output waits only for its counterparts, and nothing is kept that the report does
+    not save; one after the other, the last run is compared as its outputs arrive and the runs it is compared
+    against wait in align.store (in memory up to ALIGN_MEMORY_GB, then on disk under out_dir).
     """
     check_dtype(dtype)
     if save_tensors not in SAVE_TENSORS:
         raise ValueError(f"save_tensors must be one of {SAVE_TENSORS}, got {save_tensors!r}")
+    lockstep = lockstep_default() if lockstep is None else lockstep
     stores = []
 
     def new_store():
         stores.append(TensorStore(out_dir))
         return stores[-1]
     try:
-        pipeline = _float64 if dtype == "float64" else _float32
-        t_log, p_log, results, t_keys, p_keys, timings = pipeline(torch_model, paddle_model, inputs, outputs_fn,
-                                                                   float64_view, save_tensors, new_store)
+        run = None
+        if lockstep:
+            pipeline = _float64_lockstep if dtype == "float64" else _float32_lockstep
+            run = pipeline(torch_model, paddle_model, inputs, outputs_fn, float64_view, save_tensors, new_store,
+                           out_dir)
+            if run is None:            # keys not matchable by module call: start again, one run after the other
+                for store in stores:
+                    store.close()
+                stores.clear()
+        if run is None:
+            pipeline = _float64 if dtype == "float64" else _float32
+            run = pipeline(torch_model, paddle_model, inputs, outputs_fn, float64_view, save_tensors, new_store)
+        t_log, p_log, results, t_keys, p_keys, timings = run
         results = {k: results[k] for k in t_keys if k in results}          # torch's execution order
         p_set, t_set = set(p_keys), set(t_keys)
         unmatched = {"torch_only": [k for k in t_keys if k not in p_set],
@@ -219,3 +253,189 @@ def _float32(torch_model, paddle_model, inputs, outputs_fn, float64_view, save_t
     timings = {"torch_float32_s": t.seconds, "paddle_float32_s": p.seconds, "torch_variant_float32_s": alt.seconds,
                "torch_float64_s": s64.seconds, "paddle_float64_s": p64.seconds}
     return s32, p32, results, t.keys, p.keys, timings
+
+
+def _lockstep_runs(sides: list[tuple[str, Any, str]], inputs: dict, outputs_fn: Callable | None,
+                   rendezvous: ls.Rendezvous, on_enter: dict | None = None, on_leave: dict | None = None
+                   ) -> dict[str, SideRun]:
+    """Eval-mode forwards of (side, model, dtype) in lockstep (align.lockstep), each module call's outputs handed
+    to the rendezvous under (module, call, subkey). Returns {side: SideRun} (records None, keys those tuples,
+    seconds the time the side ran)."""
+    baton = ls.Baton([side for side, _, _ in sides], on_enter, on_leave)
+
+    def job_for(side, model, dtype):
+        def job(pass_on):
+            fw = frameworks.of(model)
+            fw.set_mode(fw.cast(model, dtype), train=False)
+            tensors = {k: fw.tensor(v) for k, v in _cast_inputs(inputs, dtype).items()}
+
+            def call_sink(name, call, flat):
+                for sub, arr in flat:
+                    rendezvous.deliver(side, (name, call, sub), arr)
+                pass_on()
+                rendezvous.resume(side)
+            with fw.no_grad(), record(model, call_sink=call_sink) as rec:
+                outputs = outputs_fn(model, tensors) if outputs_fn else call_model(model, tensors)
+            flat = []
+            flatten_outputs("output", outputs, fw.to_numpy, flat)
+            del outputs, tensors
+            rendezvous.end(side)
+            return SideRun(None, dict(flat), rec.keys(), dict(rec.counts), 0.0)
+        return job
+    try:
+        runs = ls.run({side: job_for(side, model, dtype) for side, model, dtype in sides}, baton)
+    finally:
+        rendezvous.close()
+    for side, run in runs.items():
+        run.seconds = baton.active[side]
+    return runs
+
+
+def _named(runs: dict[str, SideRun], reference: str, rendezvous: ls.Rendezvous, results: dict, t_log, p_log):
+    """Report keys for a lockstep run: results and logs renamed ((module, call, subkey) and ('output', key) to
+    report keys), each side's keys in its execution order; None when the keys cannot be matched by module
+    call (align.lockstep.final_names)."""
+    names = ls.final_names({side: run.keys for side, run in runs.items()}, runs[reference].counts,
+                           {side: list(run.outputs) for side, run in runs.items()})
+    if names is None or rendezvous.duplicates:
+        return None
+    names.update({k: k[1] for k in results if len(k) == 2})
+    keys = {side: [names[k] for k in run.keys] + list(run.outputs) for side, run in runs.items()}
+    return {names[k]: v for k, v in results.items()}, keys, t_log.renamed(names), p_log.renamed(names)
+
+
+def _log_pair(t_log, p_log, key, t, p, result, save_tensors, summaries=None, names=("t", "p")):
+    """Both sides' values of a compared key into the logs: whole where the report saves them, else their
+    statistics (from summaries, when the comparison already read them)."""
+    if save_tensors == "all" or not result["passed"] or summaries is None:
+        whole = save_tensors == "all" or not result["passed"]
+        t_log.put(key, t, whole=whole)
+        p_log.put(key, p, whole=whole)
+        return
+    t_log.put_stats(key, summaries.stats(names[0]))
+    p_log.put_stats(key, summaries.stats(names[1]))
+
+
+def _float64_lockstep(torch_model, paddle_model, inputs, outputs_fn, float64_view, save_tensors, new_store, out_dir):
+    """torch and Paddle in float64, each module's outputs compared when both have them."""
+    t_log, p_log, results = new_store(), new_store(), {}
+
+    def complete(key, got):
+        t, p = got.get("torch"), got.get("paddle")
+        if t is None or p is None:
+            return
+        one_pass = Summaries.of({"t": t, "p": p}, diffs=[("t", "p")], stats=("t", "p"))   # one read for all
+        if one_pass is None:
+            results[key] = check_float64_or_exact(t, p)
+        else:
+            results[key] = judge_float64(one_pass.diff("t", "p"))
+        _log_pair(t_log, p_log, key, t, p, results[key], save_tensors, one_pass)
+    rendezvous = ls.Rendezvous(["torch", "paddle"], complete, out_dir)
+    runs = _lockstep_runs([("torch", torch_model, "float64"), ("paddle", paddle_model, "float64")], inputs,
+                          outputs_fn, rendezvous)
+    t, p = runs["torch"], runs["paddle"]
+    for key, value in p.outputs.items():
+        if key in t.outputs:
+            results["output", key] = check_float64_or_exact(t.outputs[key], value)
+            _log_pair(t_log, p_log, ("output", key), t.outputs[key], value, results["output", key], save_tensors)
+    named = _named(runs, "torch", rendezvous, results, t_log, p_log)
+    if named is None:
+        return None
+    results, keys, t_log, p_log = named
+    return (t_log, p_log, results, keys["torch"], keys["paddle"],
+            {"torch_float64_s": t.seconds, "paddle_float64_s": p.seconds})
+
+
+def _kernel_switch() -> tuple[Callable, Callable]:
+    """(enter, leave): torch's other convolution backend on, then back (torch_kernel_variant, one turn at a time)."""
+    import torch
+    default = torch.backends.mkldnn.enabled
+
+    def enter():
+        torch.backends.mkldnn.enabled = not default
+
+    def leave():
+        torch.backends.mkldnn.enabled = default
+    return enter, leave
+
+
+def _float32_lockstep(torch_model, paddle_model, inputs, outputs_fn, float64_view, save_tensors, new_store, out_dir):
+    """The five runs of _float32 in lockstep, on copies of the models (torch's three runs, Paddle's float64 run),
+    each module's verdict taken when all five have its outputs; the final outputs as _float32 does."""
+    try:
+        s64_model, t32_model, alt_model = (copy.deepcopy(torch_model) for _ in range(3))
+        frameworks.of(paddle_model).cast(paddle_model, "float32")   # as _float32: Paddle's float64 run from float32
+        p64_model = copy.deepcopy(paddle_model)
+    except Exception:                  # a model that cannot be copied: one run after the other
+        return None
+    t_log, p_log, results = new_store(), new_store(), {}
+
+    def complete(key, got):
+        t32, p32, s64, p64, alt = (got.get(s) for s in ("t32", "p32", "s64", "p64", "alt"))
+        if t32 is None or p32 is None:
+            return
+        if not np.issubdtype(t32.dtype, np.floating):
+            results[key] = check_float64_or_exact(t32, p32)          # integers: equality
+        elif s64 is None or p64 is None:
+            return                                                   # missing in a float64 run
+        else:
+            arrays = {"t32": t32, "p32": p32, "s64": s64, "p64": p64}
+            maxes = [("t32", "s64"), ("p32", "p64")]
+            if alt is not None:
+                arrays["alt"] = alt
+                maxes += [("alt", "s64"), ("alt", "p32")]
+            one_pass = Summaries.of(arrays, diffs=[("t32", "p32"), ("s64", "p64")], maxes=maxes, stats=("t32", "p32"))
+            if one_pass is not None:        # every number below from one read of the five arrays
+                diff, max_abs, scale = one_pass.diff, one_pass.max_abs, one_pass.scale
+            else:
+                def diff(a, b):
+                    return diff_stats(arrays[a], arrays[b])
+
+                def max_abs(a, b):
+                    return max_abs_diff(arrays[a], arrays[b])
+
+                def scale(a):
+                    return scale_of(arrays[a])
+            with_alt = alt is not None
+            results[key] = float32_verdict(diff("t32", "p32"), scale("s64"), max_abs("t32", "s64"),
+                                           [max_abs("alt", "s64")] if with_alt else [], max_abs("p32", "p64"),
+                                           diff("s64", "p64")["max_rel"],
+                                           cross_alt=[max_abs("alt", "p32")] if with_alt else [])
+            _log_pair(t_log, p_log, key, t32, p32, results[key], save_tensors, one_pass, ("t32", "p32"))
+            return
+        _log_pair(t_log, p_log, key, t32, p32, results[key], save_tensors)
+    enter, leave = _kernel_switch()
+    # the float64 runs last: the value arriving last is compared where it lies, every other one is copied
+    sides = [("t32", t32_model, "float32"), ("alt", alt_model, "float32"), ("p32", paddle_model, "float32"),
+             ("s64", s64_model, "float64"), ("p64", p64_model, "float64")]
+    rendezvous = ls.Rendezvous([s for s, _, _ in sides], complete, out_dir)
+    try:
+        runs = _lockstep_runs(sides, inputs, outputs_fn, rendezvous, {"alt": enter}, {"alt": leave})
+    finally:
+        leave()
+        del s64_model, t32_model, alt_model, p64_model
+    t, p, alt, s64, p64 = (runs[s] for s in ("t32", "p32", "alt", "s64", "p64"))
+    frameworks.of(torch_model).cast(torch_model, "float32")
+    t64 = s64.outputs
+    alt64, tv64, pv64 = t64, t64, p64.outputs
+    if float64_view is not None:       # each selection's float64 counterpart, from its framework's run
+        alt64 = ChainMap(float64_view(alt.outputs, t64), t64)
+        tv64 = ChainMap(float64_view(t.outputs, t64), t64)
+        pv64 = ChainMap(float64_view(p.outputs, p64.outputs), p64.outputs)
+    both64 = [k for k in t.outputs if k in tv64 and k in pv64]
+    final = compare_runs("float32", Subset(t.outputs, both64), p.outputs, tv64, pv64,
+                         torch_variants=[(alt.outputs, alt64)])
+    judge = getattr(float64_view, "judge", None)
+    if judge is not None:              # selections matched by what they selected (align.selections)
+        final.update(judge(t.outputs, p.outputs, tv64, pv64, t64, p64.outputs, [(alt.outputs, alt64)]))
+    for key, result in final.items():
+        results["output", key] = result
+        if key in t.outputs and key in p.outputs:
+            _log_pair(t_log, p_log, ("output", key), t.outputs[key], p.outputs[key], result, save_tensors)
+    named = _named(runs, "s64", rendezvous, results, t_log, p_log)
+    if named is None:
+        return None
+    results, keys, t_log, p_log = named
+    timings = {"torch_float32_s": t.seconds, "paddle_float32_s": p.seconds, "torch_variant_float32_s": alt.seconds,
+               "torch_float64_s": s64.seconds, "paddle_float64_s": p64.seconds}
+    return t_log, p_log, results, keys["t32"], keys["p32"], timings

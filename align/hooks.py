@@ -4,7 +4,8 @@ Names are the frameworks' own dotted names (named_modules / named_sublayers), so
 by name, never by definition order. A submodule called more than once in a forward (a head shared across
 FPN levels) gets one key per call: 'name#0', 'name#1', ... Tuple, list and dict outputs are flattened into
 'name.0', 'name.key', ... Outputs are copied at hook time (by the store, or read by the sink there and then),
-so later in-place ops cannot alter them.
+so later in-place ops cannot alter them. Where an adapter's NumPy view is a copy (Paddle's Tensor.numpy()), the
+hooks read the tensor through DLPack instead, without a copy (zero_copy_view).
 """
 from __future__ import annotations
 
@@ -32,14 +33,33 @@ def flatten_outputs(prefix: str, value: Any, to_numpy: Callable[[Any], np.ndarra
             out.append((prefix, arr))
 
 
+def zero_copy_view(fw: Any) -> Callable[[Any], np.ndarray | None]:
+    """fw.numpy_view, sharing the tensor's memory also where that view copies (fw.numpy_copies): through
+    DLPack, falling back to fw.numpy_view for what DLPack cannot export. Read it before the tensor can change."""
+    if not fw.numpy_copies:
+        return fw.numpy_view
+
+    def view(value):
+        if fw.is_tensor(value):
+            try:
+                return np.from_dlpack(value)
+            except (AttributeError, BufferError, RuntimeError, TypeError, ValueError):
+                pass
+        return fw.numpy_view(value)
+    return view
+
+
 class _Recorder:
     """Collects per-call outputs as they arrive into a store (align.store.TensorStore: in memory by default);
     `records()` is that store under the final keys. With a sink, each output goes to sink(key, array) at once
     instead, keyed as the reference run's calls (`counts`: {module: calls} of that run), so a run can be
-    compared while it runs; `keys()` lists them. keep=False keeps nothing (a rerun for its side effects)."""
+    compared while it runs; `keys()` lists them. With a call_sink, each call goes to call_sink(name, call,
+    [(subkey, array)]) as it ends, before any key is given (align.lockstep names them once the calls are
+    counted); `calls` lists (name, call, subkey) in order. keep=False keeps nothing (a rerun for its side effects)."""
 
-    def __init__(self, to_numpy, store=None, keep=True, sink=None, counts=None):
+    def __init__(self, to_numpy, store=None, keep=True, sink=None, counts=None, call_sink=None):
         self.to_numpy, self.keep, self.sink, self.reference = to_numpy, keep, sink, counts or {}
+        self.call_sink = call_sink
         self.store = store if store is not None else TensorStore()
         self.calls = []  # (module name, [(subkey, store key)]) in execution order, stored runs
         self.sunk: list[str] = []  # keys handed to the sink, sink runs
@@ -53,6 +73,10 @@ class _Recorder:
             flatten_outputs("", output, self.to_numpy, flat)
             k = self.counts.get(name, 0)
             self.counts[name] = k + 1
+            if self.call_sink is not None:
+                self.sunk.extend((name, k, sub) for sub, _ in flat)
+                self.call_sink(name, k, flat)
+                return
             if self.sink is not None:
                 base = call_key(name, k, max(self.reference.get(name, 1), k + 1))
                 for sub, arr in flat:
@@ -64,8 +88,8 @@ class _Recorder:
             self.calls.append((name, [(sub, f"{len(self.calls)}:{i}") for i, (sub, _) in enumerate(flat)]))
         return hook
 
-    def keys(self) -> list[str]:
-        """The keys handed to the sink, in order."""
+    def keys(self) -> list:
+        """The keys handed to the sink, in order ((name, call, subkey) with a call_sink)."""
         return list(self.sunk)
 
     def records(self) -> TensorStore:
@@ -115,9 +139,9 @@ def tensors_in(fw: Any, value: Any) -> list[tuple[str, Any]]:
 
 @contextlib.contextmanager
 def record(model: Any, store: TensorStore | None = None, keep: bool = True, sink: Callable | None = None,
-           counts: dict | None = None) -> Iterator[_Recorder]:
-    """`with record(model) as rec: model(x)`; then `rec.records()` (or rec.keys() with a sink). Either
-    framework."""
-    recorder = _Recorder(frameworks.of(model).numpy_view, store, keep, sink, counts)   # the store copies
+           counts: dict | None = None, call_sink: Callable | None = None) -> Iterator[_Recorder]:
+    """`with record(model) as rec: model(x)`; then `rec.records()` (or rec.keys() with a sink or a call_sink).
+    Either framework."""
+    recorder = _Recorder(zero_copy_view(frameworks.of(model)), store, keep, sink, counts, call_sink)  # the store copies
     with post_hooks(model, recorder.hook_for):
         yield recorder

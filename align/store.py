@@ -6,24 +6,30 @@ float64 at 2x3x800x1344: 15 GB per run). The tools keep only the runs a later ru
 (align/forward.py compares the last run as it arrives); a TensorStore holds each of them, in memory while the
 process-wide budget lasts (ALIGN_MEMORY_GB, default 4) and beyond it as one .npy per tensor in a temporary
 folder next to the report, handed back as a fresh array. A key may also keep only its statistics
-(`put(..., whole=False)`): what a report keeps of a tensor it does not save whole.
+(`put(..., whole=False)`): what a report keeps of a tensor it does not save whole. Runs in lockstep
+(align.lockstep) hold each output only until its counterparts arrive, in buffers of a BufferPool that are
+handed out again: on a VM, first touch of fresh memory costs 1-2.5 s per GB, reused memory nothing.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Iterator
 
 import numpy as np
 
+from align.compare import _scratch, block_tree
 from twin_common.atomic import remove_dead
 
 STATS_FIELDS = ("mean", "std", "min", "max", "l2_norm", "size")
 IN_MEMORY_BYTES = 1 << 20          # tensors below 1 MB stay in memory whatever the budget
-_HELD = {"bytes": 0}               # bytes every store of this process holds in memory
+_HELD = {"bytes": 0}               # bytes every store (and lockstep hold) of this process holds in memory
+_HELD_LOCK = threading.Lock()
 
 
 def memory_budget() -> int:
@@ -36,12 +42,102 @@ def memory_budget() -> int:
     return int(gb * (1 << 30))
 
 
+def reserve(nbytes: int) -> bool:
+    """Count nbytes against the process-wide memory budget if they fit in it (or are below IN_MEMORY_BYTES);
+    False (nothing counted) when they do not: keep them on disk. release() gives them back."""
+    with _HELD_LOCK:
+        if nbytes >= IN_MEMORY_BYTES and _HELD["bytes"] + nbytes > memory_budget():
+            return False
+        _HELD["bytes"] += nbytes
+        return True
+
+
+def release(nbytes: int) -> None:
+    with _HELD_LOCK:
+        _HELD["bytes"] -= nbytes
+
+
+class BufferPool:
+    """Buffers for short-lived copies of large arrays, handed out again once given back (best fit, at most twice
+    the size asked for), keeping up to `keep_bytes` of them free. Only what empty() handed out comes back."""
+
+    def __init__(self, keep_bytes: int = 1 << 30, min_bytes: int = IN_MEMORY_BYTES):
+        self.keep_bytes, self.min_bytes = keep_bytes, min_bytes
+        self._free: list[np.ndarray] = []
+        self._lent: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def empty(self, shape: tuple, dtype) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if nbytes < self.min_bytes:
+            return np.empty(shape, dtype)
+        with self._lock:
+            fits = [b for b in self._free if nbytes <= b.nbytes <= 2 * nbytes]
+            buf = min(fits, key=lambda b: b.nbytes) if fits else None
+            if buf is not None:
+                self._free = [b for b in self._free if b is not buf]
+        if buf is None:
+            buf = np.empty(nbytes, np.uint8)
+        with self._lock:
+            self._lent[id(buf)] = buf
+        return buf[:nbytes].view(dtype).reshape(shape)
+
+    def copy(self, array: np.ndarray) -> np.ndarray:
+        out = self.empty(array.shape, array.dtype)
+        np.copyto(out, array)
+        return out
+
+    def give_back(self, array: np.ndarray) -> None:
+        """Hand back an array from empty(); nothing may use it afterwards. Anything else is left alone."""
+        root = array
+        while isinstance(root.base, np.ndarray):
+            root = root.base
+        with self._lock:
+            buf = self._lent.pop(id(root), None)
+            if buf is None or buf is not root:
+                return
+            self._free.append(buf)
+            while sum(b.nbytes for b in self._free) > self.keep_bytes:
+                self._free.remove(max(self._free, key=lambda b: b.nbytes))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._free.clear()
+
+
 def tensor_stats(value: np.ndarray) -> np.ndarray:
-    """What a report keeps of a tensor it does not save whole: mean, std, min, max, L2 norm, size (float64)."""
-    a = np.asarray(value, dtype=np.float64).ravel()
+    """What a report keeps of a tensor it does not save whole: mean, std, min, max, L2 norm, size (float64).
+
+    Two passes in cache-sized blocks (align.compare.block_tree), no full-size temporary and no float64 copy of
+    a float32 tensor; mean, std, min and max are bit for bit NumPy's over the whole float64 array (the L2 norm
+    is a pairwise sum of squares, where NumPy's a @ a is a BLAS dot: their last bits may differ)."""
+    a = np.asarray(value)
+    if a.dtype.kind not in "biuf":
+        a = np.asarray(a, dtype=np.float64)
+    a = a.reshape(-1)
     if not a.size:
         return np.zeros(len(STATS_FIELDS))
-    return np.array([a.mean(), a.std(), a.min(), a.max(), np.sqrt(a @ a), a.size])
+
+    def first(lo, hi):
+        block, buf = a[lo:hi], _scratch(hi - lo)
+        if block.dtype != np.float64:
+            np.copyto(buf, block, casting="unsafe")
+            block = buf
+        total, low, high = np.add.reduce(block), block.min(), block.max()
+        np.multiply(block, block, out=buf)
+        return total, low, high, np.add.reduce(buf)
+    total, low, high, squares = block_tree(a.size, first, lambda x, y: (x[0] + y[0], min(x[1], y[1]),
+                                                                       max(x[2], y[2]), x[3] + y[3]))
+    mean = total / a.size
+
+    def second(lo, hi):
+        buf = _scratch(hi - lo)
+        np.subtract(a[lo:hi], mean, out=buf, dtype=np.float64)
+        np.multiply(buf, buf, out=buf)
+        return np.add.reduce(buf)
+    var = block_tree(a.size, second, lambda x, y: x + y) / a.size
+    return np.array([mean, np.sqrt(var), low, high, np.sqrt(squares), a.size])
 
 
 class _Stats:
@@ -71,10 +167,12 @@ class TensorStore(Mapping):
         if not whole:
             self._items[key] = _Stats(tensor_stats(array))
             return
-        if self.folder is None or array.nbytes < IN_MEMORY_BYTES or _HELD["bytes"] + array.nbytes <= memory_budget():
+        if self.folder is None or reserve(array.nbytes):
+            if self.folder is None:
+                with _HELD_LOCK:
+                    _HELD["bytes"] += array.nbytes
             self._items[key] = array.copy()
             self._held += array.nbytes
-            _HELD["bytes"] += array.nbytes
             return
         path = os.path.join(self.folder, f"{id(self):x}-{len(self._items)}.npy")
         try:
@@ -85,6 +183,10 @@ class TensorStore(Mapping):
                           f"by this run so far): {e}; free disk space there, raise ALIGN_MEMORY_GB or align a "
                           f"smaller input") from e
         self._items[key] = path
+
+    def put_stats(self, key: str, stats: np.ndarray) -> None:
+        """Keep only a key's statistics, computed elsewhere (tensor_stats' numbers)."""
+        self._items[key] = _Stats(np.asarray(stats, dtype=np.float64))
 
     def __getitem__(self, key: str) -> np.ndarray:
         value = self._items[key]
@@ -110,8 +212,18 @@ class TensorStore(Mapping):
         out._items = OrderedDict((names.get(k, k), v) for k, v in self._items.items())
         return out
 
+    def discard(self, key: str) -> None:
+        """Forget a key (its memory counts no more, its file is removed)."""
+        value = self._items.pop(key, None)
+        if isinstance(value, np.ndarray):
+            self._held -= value.nbytes
+            release(value.nbytes)
+        elif isinstance(value, str):
+            with contextlib.suppress(OSError):
+                os.remove(value)
+
     def close(self) -> None:
-        _HELD["bytes"] -= self._held
+        release(self._held)
         self._held = 0
         self._items.clear()
         if self.folder is not None:

@@ -45,9 +45,11 @@ if mode == "plain":
                 spec.outputs(model, tensors)
             del tensors
     report = 0
-else:
-    from align.forward_diff import run
-    summary = run(model, dtype, out, input_shape=shape)
+else:                                   # what forward_diff.run does once the pair is built
+    from align.forward import align_forward
+    view = spec.float64_view(t, shape) if spec.float64_view else None
+    summary = align_forward(t, p, inputs, dtype, str(Path(out) / model / "forward"), spec.outputs,
+                            check=f"forward:{{model}}", extra={{"model": model, "seed": 0}}, float64_view=view)
     assert summary["passed"], summary["first_divergence"]
     report = sum(f.stat().st_size for f in (Path(out) / model / "forward").rglob("*") if f.is_file())
 seconds = time.perf_counter() - start
