@@ -149,6 +149,14 @@ KNOWN = (
         "compare with >= against the maximum instead of == (paddle_impl/assigners/max_iou.py)",
         _never),
     KnownDifference(
+        "cross_entropy_clamp_64",
+        "Paddle 3.3.1's nn.functional.cross_entropy (softmax, hard labels) and log_softmax clamp log p at -64, "
+        "in float64 too (a sample's loss is at most 64); the gradient's probabilities are floored at exp(-64) only",
+        "a softmax cross-entropy loss lower on the Paddle side while every gradient agrees (logits more than 64 "
+        "apart from the label's)",
+        "minus the label's x - logsumexp(x) (paddle_impl/roi_heads/bbox_head.py)",
+        _never),                # a loss value alone cannot tell it from other lower losses
+    KnownDifference(
         "nms_float32_threshold",
         "paddle.vision.ops.nms takes its IoU threshold as a float32 attribute",
         "float64 detections that differ where a pair's IoU is within float32 rounding of the threshold",

@@ -44,3 +44,15 @@ def test_bench_assigners_quick_times_both_assigners_in_both_frameworks():
     rows = {tuple(line.split()[:2]) for line in proc.stdout.splitlines() if line.startswith(("ATSS ", "TAL "))}
     assert rows == {("ATSS", "torch"), ("ATSS", "paddle"), ("TAL", "torch"), ("TAL", "paddle")}
     assert "paddle / torch time ratio" in proc.stdout
+
+
+def test_bench_libra_quick_times_sampling_and_rpn_targets_in_both_frameworks():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_libra.py"), "--quick"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = {tuple(line.split()[:3]): line for line in proc.stdout.splitlines()
+            if line.startswith(("R-CNN sampling ", "RPN targets "))}
+    assert sorted(rows) == [("R-CNN", "sampling", "paddle"), ("R-CNN", "sampling", "torch"),
+                            ("RPN", "targets", "paddle"), ("RPN", "targets", "torch")]
+    assert all(line.endswith("n/a (quick)") for line in rows.values())
+    assert "twins == loop checked" in proc.stdout

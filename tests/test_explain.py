@@ -86,7 +86,8 @@ def test_pair_file_cli_and_its_errors(tmp_path):
 def test_known_difference_table_and_momentum_signature():
     names = [k.name for k in known_differences.KNOWN]
     assert names == ["adaptive_avg_pool2d_float64_backward", "momentum_float32_coefficients", "batchnorm_conventions",
-                     "hardsigmoid_slope", "float_equality_tolerance", "nms_float32_threshold"]
+                     "hardsigmoid_slope", "float_equality_tolerance", "cross_entropy_clamp_64",
+                     "nms_float32_threshold"]
     ctx = known_differences.Context("train", "float64", "step001.param_norm", {}, recipe=Recipe(momentum=0.9))
     assert known_differences.match(ctx)["name"] == "momentum_float32_coefficients"
     ctx = known_differences.Context("train", "float64", "step001.param_norm", {}, recipe=Recipe())
@@ -129,3 +130,27 @@ def test_canary_batchnorm_running_variance_is_biased():
     ctx = known_differences.Context("train", "float64", "bn._variance", {}, tbn.running_var.numpy(),
                                     pbn._variance.numpy(), paddle_modules={"bn": "BatchNorm2D"})
     assert known_differences.match(ctx)["name"] == "batchnorm_conventions"
+
+
+def test_canary_paddle_cross_entropy_clamps_at_64_and_the_twin_does_not():
+    """Paddle 3.3.1's cross_entropy clamps each loss at 64 in float64, torch does not, the gradients agree; the
+    Libra box head's x - logsumexp(x) gives torch's value."""
+    from paddle_impl.roi_heads.bbox_head import Shared2FCBBoxHead
+    x = np.array([[100.0, 0.0, 3.0], [0.0, 30.0, 1.0]])
+    labels = np.array([1, 1])
+    xp = paddle.to_tensor(x, stop_gradient=False)
+    p = paddle.nn.functional.cross_entropy(xp, paddle.to_tensor(labels), reduction="none").numpy().ravel()
+    xt = torch.tensor(x, requires_grad=True)
+    t = torch.nn.functional.cross_entropy(xt, torch.tensor(labels), reduction="none")
+    assert p[0] == 64.0 and abs(float(t[0]) - 100.0) < 1e-12          # clamped; torch's is exact
+    assert abs(p[1] - float(t[1])) < 1e-12                              # below 64: the same
+    assert paddle.nn.functional.log_softmax(paddle.to_tensor(x), axis=-1).numpy()[0, 1] == -64.0   # log_softmax too
+    paddle.nn.functional.cross_entropy(xp, paddle.to_tensor(labels), reduction="sum").backward()
+    t.sum().backward()
+    # the gradient is softmax - onehot, its probabilities also floored at exp(-64) = 1.6e-28: agrees to that
+    np.testing.assert_allclose(xp.grad.numpy(), xt.grad.numpy(), rtol=1e-12, atol=2e-28)
+    head = Shared2FCBBoxHead(in_channels=1, roi_feat_size=1, fc_out_channels=2, num_classes=2)
+    ones = paddle.ones([2], dtype="float64")
+    out = head.loss(paddle.to_tensor(x), paddle.zeros([2, 8], dtype="float64"), paddle.to_tensor(labels), ones,
+                    paddle.zeros([2, 4], dtype="float64"), paddle.zeros([2, 4], dtype="float64"))
+    assert abs(float(out["loss_cls"]) - float(t.sum()) / (2 + 2.0 ** -23)) < 1e-12

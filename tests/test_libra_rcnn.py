@@ -102,3 +102,24 @@ def test_an_mmdetection_checkpoint_round_trips_through_paddle_bit_exactly(twins,
     fc = "roi_head.bbox_head.shared_fcs.0.weight"
     assert pd[fc].shape == (12544, 1024) and np.array_equal(pd[fc], src[fc].T)
     assert all(to_paddle(k) in pd for k in src if not k.endswith("num_batches_tracked"))
+
+
+def test_faster_rcnn_has_libras_keys_without_bfp_and_its_plain_l1():
+    """faster_rcnn_r50: mmdetection's faster-rcnn keys are Libra's without neck.1.refine and with the FPN at neck.*;
+    its box loss is plain L1 (sum |d| over the positives' 4 deltas / #RoIs), Libra's Balanced L1."""
+    want = [line.split("\t") for line in KEYS.read_text().splitlines() if line.strip()]
+    want = [(k.replace("neck.0.", "neck.", 1), s) for k, s in want if not k.startswith("neck.1.")]
+    t, p = zoo.build_twins(zoo.get_spec("faster_rcnn_r50"), num_classes=80)
+    assert [(k, str(list(v.shape))) for k, v in t.state_dict().items()] == want
+    paddle_names = {k.replace('._mean', '.running_mean').replace('._variance', '.running_var') for k in p.state_dict()}
+    assert paddle_names == {k for k, _ in want if not k.endswith("num_batches_tracked")}
+    rng = np.random.default_rng(0)
+    cls, pred = rng.normal(size=(4, 81)), rng.normal(size=(4, 320))
+    labels, targets = np.array([3, 80, 7, 80]), rng.normal(size=(4, 4))
+    weights = np.array([[1.0] * 4, [0.0] * 4, [1.0] * 4, [0.0] * 4])
+    want_l1 = sum(np.abs(pred.reshape(4, 80, 4)[i, labels[i]] - targets[i]).sum() for i in (0, 2)) / (4 + 2.0 ** -23)
+    args_t = [torch.tensor(a) for a in (cls, pred, labels, np.ones(4), targets, weights)]
+    args_p = [paddle.to_tensor(a) for a in (cls, pred, labels, np.ones(4), targets, weights)]
+    for model, args in ((t, args_t), (p, args_p)):
+        got = float(model.roi_head.bbox_head.loss(*args)["loss_bbox"])
+        assert abs(got - want_l1) <= 1e-12 * want_l1

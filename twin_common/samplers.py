@@ -178,3 +178,9 @@ class CombinedSampler(RandomSampler):
 
     def sample_neg(self, gt_inds, max_overlaps, num_expected, rng):
         return self.neg_sampler.sample_neg(gt_inds, max_overlaps, num_expected, rng)
+
+
+def step_rng(seed, step):
+    """The samplers' Generator for one training step: from (seed, step) alone, so both twins draw alike and a
+    resumed run draws what the uninterrupted one would."""
+    return np.random.default_rng([int(seed), int(step)])

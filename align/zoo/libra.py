@@ -2,13 +2,16 @@
 (torch_ref/detectors/libra_rcnn.py and its Paddle twin, mmdetection 3.3's names, so its checkpoints load).
 
 Spec: ../shared/specs/libra_rcnn.md. Forward alignment covers every module, the RPN outputs and anchors, the
-proposals, the R-CNN outputs on them and the detections; backward (seeded projection) and the metric run too.
-Training alignment (samplers, targets, losses) is not wired in yet (issue "Libra R-CNN mirrored and aligned at
-every level").
+proposals, the R-CNN outputs on them and the detections; backward and training run mmdetection's training step
+(the losses/two_stage_criterion.py twins: RPN and R-CNN targets from the framework-free samplers, drawing from one
+seeded generator per step); the metric scores the synthetic set.
 """
+import numpy as np
+
 from align.detections import detector_outputs
 from align.seeded_init import seeded_init_torch, tensor_rng
-from align.zoo import GatePlan, ModelSpec, register
+from align.training import Recipe
+from align.zoo import GatePlan, ModelSpec, TrainSpec, register
 
 # multiples of 32; H != W to catch transposes
 INPUT_SHAPE = (2, 3, 128, 160)
@@ -48,8 +51,56 @@ def _paddle_libra(**kw):
     return LibraRCNN(**kw)
 
 
+def _criterion(framework, libra=True):
+    def build(model, num_classes):
+        from twin_common.samplers import CombinedSampler, RandomSampler
+        if framework == "torch":
+            from torch_ref.losses.two_stage_criterion import TwoStageCriterion
+        else:
+            from paddle_impl.losses.two_stage_criterion import TwoStageCriterion
+        if libra:   # Libra's train_cfg: the RPN sampler with neg_pos_ub 5, the IoU-balanced CombinedSampler (B.1)
+            return TwoStageCriterion(RandomSampler(256, 0.5, neg_pos_ub=5), CombinedSampler(512, 0.25))
+        return TwoStageCriterion(RandomSampler(256, 0.5), RandomSampler(512, 0.25))      # Faster R-CNN's
+    return build
+
+
+def step_losses(model, loss, batch):
+    """The criterion's dict ("loss" the sum of the RPN and R-CNN terms; acc and the RoI counts logged only)."""
+    return loss(model, batch["images"], batch["boxes"], batch["labels"], [m["img_size"] for m in batch["metas"]])
+
+
+def before_step(loss, step, options):
+    """The samplers' generator of this step (twin_common.samplers.step_rng)."""
+    loss.set_step(step)
+    return {}
+
+
+# B.8: SGD 0.02 for 16 images scaled to 2 per step, momentum 0.9 and weight decay 1e-4 on every parameter (Paddle's
+# float32 coefficients), linear warm-up from 0.001x (over 3 steps here), x0.1 at step 8 (the 8-of-12-epoch shape),
+# no clipping
+RECIPE = Recipe(base_lr=0.02 * 2 / 16, momentum=float(np.float32(0.9)), weight_decay=float(np.float32(1e-4)),
+                warmup_steps=3, warmup_ratio=0.001, decay_steps=(8,), clip_norm=None)
+TRAIN_NOTE = ("backbone stem and layer1 frozen, every BatchNorm in eval mode (norm_eval); the samplers draw from "
+              "step_rng(0, step) on both sides; state.floor_thr is the IoU-balanced sampler's floor (-1, then 0)")
+TRAIN = TrainSpec(_criterion("torch"), _criterion("paddle"), step_losses, RECIPE, lambda name: False,
+                  notes=TRAIN_NOTE, before_step=before_step)
+FASTER_TRAIN = TrainSpec(_criterion("torch", libra=False), _criterion("paddle", libra=False), step_losses, RECIPE,
+                         lambda name: False, notes=TRAIN_NOTE.split("; state.")[0], before_step=before_step)
+
+
+def _torch_faster(**kw):
+    from torch_ref.detectors.libra_rcnn import FasterRCNN
+    return FasterRCNN(**kw)
+
+
+def _paddle_faster(**kw):
+    from paddle_impl.detectors.libra_rcnn import FasterRCNN
+    return FasterRCNN(**kw)
+
+
 _FLOAT32_LIMIT = ("float32: each side's R-CNN runs on its own proposals, which a float32 NMS flip changes; "
                   "replaying one side's proposals on both is not done yet")
+_FASTER_LIMIT = "libra_rcnn's backward and training cover the same heads, samplers aside; CI time"
 # NonLocal2d's phi bias adds theta_i . b to every logit of row i, which the softmax cancels: its gradient is zero
 # up to rounding (5e-12 against 3.9e3 for phi's weight), judged as zero (align.backward.check_analytically_zero)
 ZERO_GRADIENTS = {"neck.1.refine.phi.conv.bias": "NonLocal2d: theta_i . b_phi shifts every logit of row i alike, "
@@ -57,6 +108,14 @@ ZERO_GRADIENTS = {"neck.1.refine.phi.conv.bias": "NonLocal2d: theta_i . b_phi sh
 register(ModelSpec(
     "libra_rcnn", "Libra R-CNN: Faster R-CNN R50-FPN 1x + BFP (non-local refine) + IoU-balanced sampling + Balanced L1",
     _torch_libra, _paddle_libra, INPUT_SHAPE, family="libra", outputs=detector_outputs,
-    init=seeded_init, predict=predict, zero_gradients=ZERO_GRADIENTS,
-    gate=GatePlan(forward=("float64",), isa_reruns=False, backward=("float64",), metric=("float64",),
-                  limits={"forward:float32": _FLOAT32_LIMIT, "backward:float32": _FLOAT32_LIMIT})))
+    init=seeded_init, predict=predict, zero_gradients=ZERO_GRADIENTS, train=TRAIN,
+    gate=GatePlan(forward=("float64",), isa_reruns=False, backward=("float64",), train=("float64",),
+                  metric=("float64",),
+                  limits={f"{level}:float32": _FLOAT32_LIMIT for level in ("forward", "backward", "train", "metric")})))
+register(ModelSpec(
+    "faster_rcnn_r50", "Faster R-CNN R50-FPN 1x (mmdetection's, what Libra R-CNN builds on: no BFP, random "
+    "samplers, L1 box loss)", _torch_faster, _paddle_faster, INPUT_SHAPE, family="libra", outputs=detector_outputs,
+    init=seeded_init, predict=predict, train=FASTER_TRAIN,
+    gate=GatePlan(forward=("float64",), isa_reruns=False, backward=(), metric=(),
+                  limits={"forward:float32": _FLOAT32_LIMIT, "backward:float32": _FLOAT32_LIMIT,
+                          "backward:float64": _FASTER_LIMIT, "train:float64": _FASTER_LIMIT})))

@@ -16,11 +16,14 @@ AVG_EPS = float(np.finfo(np.float32).eps)
 
 class Shared2FCBBoxHead(nn.Layer):
     def __init__(self, in_channels=256, roi_feat_size=7, fc_out_channels=1024, num_classes=80,
-                 target_stds=(0.1, 0.1, 0.2, 0.2), alpha=0.5, gamma=1.5, beta=1.0):
+                 target_stds=(0.1, 0.1, 0.2, 0.2), alpha=0.5, gamma=1.5, beta=1.0, loss_bbox="balanced_l1"):
         super().__init__()
         self.num_classes = num_classes
         self.bbox_coder = DeltaXYWHBBoxCoder(stds=target_stds)
         self.alpha, self.gamma, self.beta = alpha, gamma, beta   # Balanced L1 (B.1 item 2)
+        if loss_bbox not in ("balanced_l1", "l1"):                 # l1: plain Faster R-CNN's L1Loss
+            raise ValueError(f"loss_bbox must be 'balanced_l1' or 'l1', got {loss_bbox!r}")
+        self.loss_bbox = loss_bbox
         # registration order as mmdet's (BBoxHead makes fc_cls, fc_reg before ConvFCBBoxHead's shared_fcs);
         # Paddle's Linear weight is [in, out]: weights_convert transposes it
         self.fc_cls = nn.Linear(fc_out_channels, num_classes + 1)     # background is the last class
@@ -67,7 +70,11 @@ class Shared2FCBBoxHead(nn.Layer):
         num_rois = cls_score.shape[0]
         # mmdet: avg_factor = max(#(label_weights > 0), 1), a host float
         avg_factor = max(float((label_weights > 0).astype("int64").sum()), 1.0)
-        ce = F.cross_entropy(cls_score, labels, reduction="none", axis=-1).reshape([-1])
+        # Paddle 3.3.1's F.cross_entropy and F.log_softmax clamp log p at -64 (p >= exp(-64)), in float64 too;
+        # torch and mmdet do not (align/known_differences.py cross_entropy_clamp_64, canary in
+        # tests/test_explain.py): minus the label's x - logsumexp(x) instead
+        logp = cls_score - paddle.logsumexp(cls_score, axis=-1, keepdim=True)
+        ce = -paddle.take_along_axis(logp, labels.reshape([-1, 1]), axis=1).reshape([-1])
         loss_cls = (ce * label_weights).sum() / (avg_factor + AVG_EPS)
         acc = (cls_score.argmax(1) == labels).astype(cls_score.dtype).sum() * (100.0 / max(num_rois, 1))
         # the gt class's 4 deltas of each positive; none: an empty sum, 0 with a zero gradient (mmdet's
@@ -75,8 +82,12 @@ class Shared2FCBBoxHead(nn.Layer):
         pos = paddle.nonzero((labels >= 0) & (labels < self.num_classes)).reshape([-1])
         rows = pos * self.num_classes + paddle.gather(labels, pos)
         pos_pred = paddle.gather(bbox_pred.reshape([num_rois * self.num_classes, 4]), rows)
-        loss = balanced_l1_loss(pos_pred, paddle.gather(bbox_targets, pos), self.alpha, self.gamma, self.beta,
-                                weight=paddle.gather(bbox_weights, pos), reduction="sum")
+        pos_targets, pos_weights = paddle.gather(bbox_targets, pos), paddle.gather(bbox_weights, pos)
+        if self.loss_bbox == "l1":
+            loss = ((pos_pred - pos_targets).abs() * pos_weights).sum()
+        else:
+            loss = balanced_l1_loss(pos_pred, pos_targets, self.alpha, self.gamma, self.beta, weight=pos_weights,
+                                    reduction="sum")
         # avg_factor = bbox_targets.size(0): every sampled RoI of the batch, not only positives
         return {"loss_cls": loss_cls, "loss_bbox": loss / (bbox_targets.shape[0] + AVG_EPS), "acc": acc}
 

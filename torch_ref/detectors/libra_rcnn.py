@@ -1,7 +1,8 @@
 """Libra R-CNN (mmdetection 3.3 libra-faster-rcnn_r50_fpn_1x_coco): ResNet-50, neck = Sequential(FPN, BFP), the
 RPN and the R-CNN box branch, with mmdetection's module names so its checkpoints load (twin:
-paddle_impl/detectors/libra_rcnn.py; ../shared/specs/libra_rcnn.md B.2, B.6). This module is inference; the
-training targets and samplers live in the heads and twin_common/samplers.py."""
+paddle_impl/detectors/libra_rcnn.py; ../shared/specs/libra_rcnn.md B.2, B.6). The training step is
+losses/two_stage_criterion.py (targets in the heads, samplers in twin_common/samplers.py). FasterRCNN: the plain
+Faster R-CNN R50-FPN it builds on."""
 import torch
 from torch import nn
 
@@ -17,10 +18,10 @@ from torch_ref.roi_heads.roi_extractor import SingleRoIExtractor
 class StandardRoIHead(nn.Module):
     """mmdetection's roi_head: the RoI extractor (no parameters) and the box head (keys roi_head.bbox_head.*)."""
 
-    def __init__(self, num_classes=80):
+    def __init__(self, num_classes=80, loss_bbox="balanced_l1"):
         super().__init__()
         self.bbox_roi_extractor = SingleRoIExtractor()
-        self.bbox_head = Shared2FCBBoxHead(num_classes=num_classes)
+        self.bbox_head = Shared2FCBBoxHead(num_classes=num_classes, loss_bbox=loss_bbox)
 
     def forward(self, feats, rois):
         """First 4 neck levels and rois (K, 5) [image, x1, y1, x2, y2] -> (cls_score (K, C+1), bbox_pred (K, 4C))."""
@@ -34,14 +35,16 @@ def rois_of(proposals):
 
 class LibraRCNN(nn.Module):
     def __init__(self, num_classes=80, frozen_stages=1, norm_eval=True, score_thr=0.05, nms_iou=0.5,
-                 max_per_img=100, proposal_cfg=TEST_PROPOSALS):
+                 max_per_img=100, proposal_cfg=TEST_PROPOSALS, bfp=True, loss_bbox="balanced_l1"):
         super().__init__()
         self.backbone = resnet50(num_classes=None, out_indices=(0, 1, 2, 3), frozen_stages=frozen_stages,
                                  norm_eval=norm_eval)
-        self.neck = nn.Sequential(FPN((256, 512, 1024, 2048), 256, num_outs=5), BFP(256, num_levels=5, refine_level=2))
+        fpn = FPN((256, 512, 1024, 2048), 256, num_outs=5)
+        # Libra's neck is [FPN, BFP] (keys neck.0.*, neck.1.*); plain Faster R-CNN's is the FPN (keys neck.*)
+        self.neck = nn.Sequential(fpn, BFP(256, num_levels=5, refine_level=2)) if bfp else fpn
         self.anchor_generator = RPNAnchorGenerator()
         self.rpn_head = RPNHead(256, 256, self.anchor_generator.num_anchors)
-        self.roi_head = StandardRoIHead(num_classes)
+        self.roi_head = StandardRoIHead(num_classes, loss_bbox)
         self.test_cfg = dict(score_thr=score_thr, nms_iou=nms_iou, max_per_img=max_per_img)
         self.proposal_cfg = dict(proposal_cfg)                         # nms_pre, max_per_img, iou (B.6)
         self.detections_per_img = max_per_img
@@ -79,3 +82,11 @@ class LibraRCNN(nn.Module):
         """Inference: per image a dict of boxes (K, 4) x1y1x2y2 in image_sizes' pixels, scores (K,), labels (K,)."""
         dets = self.forward_with_detections(images, image_sizes)["detections"]
         return [{k: d[k] for k in ("boxes", "scores", "labels")} for d in dets]
+
+
+class FasterRCNN(LibraRCNN):
+    """mmdetection's faster-rcnn_r50_fpn_1x_coco, what Libra R-CNN builds on: the same parts without BFP, with L1
+    box loss (its samplers are the training criterion's: RandomSampler for the RPN and the R-CNN)."""
+
+    def __init__(self, num_classes=80, **kw):
+        super().__init__(num_classes, bfp=False, loss_bbox="l1", **kw)

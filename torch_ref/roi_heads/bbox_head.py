@@ -16,11 +16,14 @@ AVG_EPS = float(np.finfo(np.float32).eps)
 
 class Shared2FCBBoxHead(nn.Module):
     def __init__(self, in_channels=256, roi_feat_size=7, fc_out_channels=1024, num_classes=80,
-                 target_stds=(0.1, 0.1, 0.2, 0.2), alpha=0.5, gamma=1.5, beta=1.0):
+                 target_stds=(0.1, 0.1, 0.2, 0.2), alpha=0.5, gamma=1.5, beta=1.0, loss_bbox="balanced_l1"):
         super().__init__()
         self.num_classes = num_classes
         self.bbox_coder = DeltaXYWHBBoxCoder(stds=target_stds)
         self.alpha, self.gamma, self.beta = alpha, gamma, beta   # Balanced L1 (B.1 item 2)
+        if loss_bbox not in ("balanced_l1", "l1"):                 # l1: plain Faster R-CNN's L1Loss
+            raise ValueError(f"loss_bbox must be 'balanced_l1' or 'l1', got {loss_bbox!r}")
+        self.loss_bbox = loss_bbox
         # registration order as mmdet's (BBoxHead makes fc_cls, fc_reg before ConvFCBBoxHead's shared_fcs)
         self.fc_cls = nn.Linear(fc_out_channels, num_classes + 1)     # background is the last class
         self.fc_reg = nn.Linear(fc_out_channels, 4 * num_classes)     # [cls][dx, dy, dw, dh]
@@ -73,8 +76,11 @@ class Shared2FCBBoxHead(nn.Module):
         # bbox_pred[pos_inds].sum())
         pos = ((labels >= 0) & (labels < self.num_classes)).nonzero().squeeze(1)
         pos_pred = bbox_pred.reshape(num_rois, self.num_classes, 4)[pos, labels[pos]]
-        loss = balanced_l1_loss(pos_pred, bbox_targets[pos], self.alpha, self.gamma, self.beta,
-                                weight=bbox_weights[pos], reduction="sum")
+        if self.loss_bbox == "l1":
+            loss = ((pos_pred - bbox_targets[pos]).abs() * bbox_weights[pos]).sum()
+        else:
+            loss = balanced_l1_loss(pos_pred, bbox_targets[pos], self.alpha, self.gamma, self.beta,
+                                    weight=bbox_weights[pos], reduction="sum")
         # avg_factor = bbox_targets.size(0): every sampled RoI of the batch, not only positives
         return {"loss_cls": loss_cls, "loss_bbox": loss / (bbox_targets.shape[0] + AVG_EPS), "acc": acc}
 
