@@ -13,6 +13,7 @@ done, unless --keep-tensors: the whole set would take several GB.
 summary.json and diff.txt stay; a failed check keeps everything for debugging. The gate also refuses a
 report whose folder is not whole (its files are not those its summary's run wrote: align/report_folder.py),
 one that compared nothing, and a check that ran past ALIGN_GATE_TIMEOUT seconds (default 1200).
+Checks run two at a time by default (ALIGN_GATE_JOBS), each on its share of the CPUs.
 Exit status 0 iff every report passed.
 """
 from __future__ import annotations
@@ -138,31 +139,54 @@ def check_timeout() -> float:
         raise ValueError(f"ALIGN_GATE_TIMEOUT must be a number of seconds, got {value!r}") from None
 
 
+def gate_jobs() -> int:
+    """Checks run at once (ALIGN_GATE_JOBS, default 2 when there are 2 CPUs or more). Each check gets
+    cpus // jobs framework threads: much of a check is single-threaded Python (sampling, comparison, reports),
+    so two checks side by side finish sooner than one after the other with every core each."""
+    value = os.environ.get("ALIGN_GATE_JOBS", "")
+    if value == "":
+        return 2 if (os.cpu_count() or 1) >= 2 else 1
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"ALIGN_GATE_JOBS must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _run_check(check: manifest.Check, out: str, seconds: float, threads: int, keep_tensors: bool) -> str | None:
+    """Run one check; returns its folder if it timed out. Prints one line (and a crash's stderr) when done."""
+    cmd = check.argv(out)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), **check.env}
+    start = time.perf_counter()
+    try:
+        res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=seconds)
+    except subprocess.TimeoutExpired:
+        print(f"gate: ran {' '.join(cmd[1:])} -> TIMED OUT after {seconds:.0f}s", flush=True)
+        return check.folder
+    tail = (res.stdout.strip().splitlines() or [""])[-1]
+    env_text = " ".join(f"{k}={v}" for k, v in check.env.items())
+    print(f"gate: ran {env_text}{' ' if env_text else ''}{' '.join(cmd[1:])} -> exit {res.returncode} in "
+          f"{time.perf_counter() - start:.0f}s  {tail}", flush=True)
+    if res.returncode not in (0, 1):       # 1 = check failed (the gate reports it); else a crash
+        print(res.stderr[-3000:], file=sys.stderr, flush=True)
+    if res.returncode == 0 and not keep_tensors:
+        prune_tensor_logs(Path(out) / check.folder)
+    return None
+
+
 def regenerate(out: str, keep_tensors: bool = False) -> tuple[list[str], dict[str, float]]:
-    """Run every manifest check, each within check_timeout(); returns the folders they write and
-    {folder: seconds} of those stopped at the limit (a timeout is a failure)."""
-    checks, seconds, timed_out = manifest.checks(), check_timeout(), {}
+    """Run every manifest check, each within check_timeout(), gate_jobs() at a time (the longest first, by
+    their place in the manifest otherwise); returns the folders they write and {folder: seconds} of those
+    stopped at the limit (a timeout is a failure)."""
+    from concurrent.futures import ThreadPoolExecutor
+    checks, seconds, jobs = manifest.checks(), check_timeout(), gate_jobs()
     for limit in manifest.limits():
         print(f"gate: known limit, not run: {limit.tool} {limit.model} {limit.dtype}: {limit.reason}")
-    for check in progress(checks, "gate", len(checks)):
-        cmd = check.argv(out)
-        start = time.perf_counter()
-        try:
-            res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **check.env},
-                                 timeout=seconds)
-        except subprocess.TimeoutExpired:
-            timed_out[check.folder] = seconds
-            print(f"gate: ran {' '.join(cmd[1:])} -> TIMED OUT after {seconds:.0f}s", flush=True)
-            continue
-        tail = (res.stdout.strip().splitlines() or [""])[-1]
-        env = " ".join(f"{k}={v}" for k, v in check.env.items())
-        print(f"gate: ran {env}{' ' if env else ''}{' '.join(cmd[1:])} -> exit {res.returncode} in "
-              f"{time.perf_counter() - start:.0f}s  {tail}", flush=True)
-        if res.returncode not in (0, 1):       # 1 = check failed (the gate reports it); else a crash
-            print(res.stderr[-3000:], file=sys.stderr)
-        if res.returncode == 0 and not keep_tensors:
-            prune_tensor_logs(Path(out) / check.folder)
-    return [c.folder for c in checks], timed_out
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    # training runs are the longest: start them first so that no long check is left running alone at the end
+    order = sorted(checks, key=lambda c: c.tool != "train")
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(_run_check, c, out, seconds, threads, keep_tensors) for c in order]
+        done = [f.result() for f in progress(futures, "gate", len(futures))]
+    return [c.folder for c in checks], {folder: seconds for folder in done if folder is not None}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

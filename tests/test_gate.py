@@ -71,6 +71,14 @@ def test_regenerate_stops_a_check_at_the_time_limit(tmp_path, monkeypatch):
     monkeypatch.setenv("ALIGN_GATE_TIMEOUT", "1")
     folders, timed_out = regenerate(str(tmp_path))
     assert folders == [slow.folder] and timed_out == {slow.folder: 1.0}
+    other = manifest.Check("train", "slow", "float64", "float64", "float64/slow/train")
+    monkeypatch.setattr(manifest, "checks", lambda: [slow, other])
+    monkeypatch.setenv("ALIGN_GATE_JOBS", "2")                       # side by side: each still stopped
+    folders, timed_out = regenerate(str(tmp_path))
+    assert folders == [slow.folder, other.folder] and timed_out == {slow.folder: 1.0, other.folder: 1.0}
+    monkeypatch.setenv("ALIGN_GATE_JOBS", "0")
+    with pytest.raises(ValueError, match="ALIGN_GATE_JOBS"):
+        regenerate(str(tmp_path))
     monkeypatch.setenv("ALIGN_GATE_TIMEOUT", "soon")
     with pytest.raises(ValueError, match="ALIGN_GATE_TIMEOUT"):
         regenerate(str(tmp_path))
