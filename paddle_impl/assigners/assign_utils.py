@@ -106,15 +106,24 @@ def grid_levels(points, num_anchors_list):
     return levels
 
 
+def rounded_sqrt(x):
+    """sqrt rounded once to x's dtype, the same at every position. Defect (known_differences
+    'sqrt_float32_lanes'): Paddle 3.3.1's CPU sqrt of float32 takes an approximate path in 8-lane chunks and the
+    exact one on the tail, so on Intel CPUs equal squared distances come out 1-3 ulp apart by where they sit, and
+    a topk tie goes the wrong way. Its float64 sqrt is exact, and a float32 rounded from it is correctly rounded."""
+    if x.dtype == paddle.float32:
+        return x.astype("float64").sqrt().astype("float32")
+    return x.sqrt()
+
+
 def _nearest_dense(gx, gy, centers, topk):
     """(R, 1) GT centres x (c, 2) anchor centres -> (R, topk) native topk of the smallest distances (ties: A.14
-    #5). The distance is sqrt(dx*dx + dy*dy): PaddleDetection's norm(2) can round differently in the last bit,
-    but both keep equal distances equal (measured on half-integer grids), and only a tie could make it matter."""
+    #5). The distance is sqrt(dx*dx + dy*dy), correctly rounded: PaddleDetection's norm(2) can round differently
+    in the last bit, but equal distances stay equal (on half-integer grids), and only a tie could make it matter."""
     shape = [gx.shape[0], centers.shape[0]]
     dx = gx.expand(shape) - centers[:, 0]
     dy = gy.expand(shape) - centers[:, 1]
-    dist = dx.multiply_(dx).add_(dy.multiply_(dy)).sqrt_()
-    return paddle.topk(dist, topk, axis=-1, largest=False)[1]
+    return paddle.topk(rounded_sqrt(dx.multiply_(dx).add_(dy.multiply_(dy))), topk, axis=-1, largest=False)[1]
 
 
 def nearest_per_level(gt_bboxes, pad_gt_mask, anchor_centers, num_anchors_list, levels, topk):
@@ -143,15 +152,15 @@ def nearest_per_level(gt_bboxes, pad_gt_mask, anchor_centers, num_anchors_list, 
         cols, rows = min(topk, xs.shape[0]), min(topk, ys.shape[0])
         near_x, col = paddle.topk(dx2, cols, axis=-1, largest=False)
         near_y, row = paddle.topk(dy2, rows, axis=-1, largest=False)
-        dist = (near_y.unsqueeze(-1) + near_x.unsqueeze(-2)).sqrt().reshape([batch * n, rows * cols])
+        dist = rounded_sqrt(near_y.unsqueeze(-1) + near_x.unsqueeze(-2)).reshape([batch * n, rows * cols])
         window = (row.unsqueeze(-1) * xs.shape[0] + col.unsqueeze(-2)).reshape([batch * n, rows * cols])
         values, order = paddle.topk(dist, min(topk + 1, rows * cols), axis=-1, largest=False)
         found = paddle.take_along_axis(window, order[:, :topk], axis=1, broadcast=False)
         sure = paddle.all(values[:, 1:] > values[:, :-1], axis=-1)
         if cols < xs.shape[0]:
-            sure = sure & (values[:, topk - 1] < (near_x[:, -1] + near_y[:, 0]).sqrt())
+            sure = sure & (values[:, topk - 1] < rounded_sqrt(near_x[:, -1] + near_y[:, 0]))
         if rows < ys.shape[0]:
-            sure = sure & (values[:, topk - 1] < (near_x[:, 0] + near_y[:, -1]).sqrt())
+            sure = sure & (values[:, topk - 1] < rounded_sqrt(near_x[:, 0] + near_y[:, -1]))
         doubt = paddle.nonzero(~sure & real).squeeze(1)
         if doubt.shape[0]:
             native = _nearest_dense(paddle.gather(gx, doubt), paddle.gather(gy, doubt), centers, topk)

@@ -104,13 +104,22 @@ def grid_levels(points, num_anchors_list):
     return levels
 
 
+def rounded_sqrt(x):
+    """sqrt rounded once to x's dtype, as the Paddle twin rounds it (known_differences 'sqrt_float32_lanes'):
+    torch's CPU sqrt (MKL's on Intel CPUs) is 1 ulp off for about 1% of float32 values; a float32 rounded from
+    the float64 sqrt is correctly rounded (its float64 error cannot cross a float32 rounding boundary)."""
+    if x.dtype == torch.float32:
+        return x.double().sqrt_().float()
+    return x.sqrt()
+
+
 def _nearest_dense(gx, gy, centers, topk):
     """(R, 1) GT centres x (c, 2) anchor centres -> (R, topk) native topk of the smallest distances (ties: A.14
-    #5). The distance is sqrt(dx*dx + dy*dy): PaddleDetection's norm(2) can round differently in the last bit,
-    but both keep equal distances equal (measured on half-integer grids), and only a tie could make it matter."""
+    #5). The distance is sqrt(dx*dx + dy*dy), correctly rounded: PaddleDetection's norm(2) can round differently
+    in the last bit, but equal distances stay equal (on half-integer grids), and only a tie could make it matter."""
     dx = gx - centers[:, 0]
     dy = gy - centers[:, 1]
-    return torch.topk(dx.mul_(dx).add_(dy.mul_(dy)).sqrt_(), topk, dim=-1, largest=False).indices
+    return torch.topk(rounded_sqrt(dx.mul_(dx).add_(dy.mul_(dy))), topk, dim=-1, largest=False).indices
 
 
 def nearest_per_level(gt_bboxes, pad_gt_mask, anchor_centers, num_anchors_list, levels, topk):
@@ -139,15 +148,15 @@ def nearest_per_level(gt_bboxes, pad_gt_mask, anchor_centers, num_anchors_list, 
         cols, rows = min(topk, xs.shape[0]), min(topk, ys.shape[0])
         near_x, col = torch.topk(dx2, cols, dim=-1, largest=False)
         near_y, row = torch.topk(dy2, rows, dim=-1, largest=False)
-        dist = (near_y.unsqueeze(-1) + near_x.unsqueeze(-2)).sqrt_().reshape(batch * n, rows * cols)
+        dist = rounded_sqrt(near_y.unsqueeze(-1) + near_x.unsqueeze(-2)).reshape(batch * n, rows * cols)
         window = (row.unsqueeze(-1) * xs.shape[0] + col.unsqueeze(-2)).reshape(batch * n, rows * cols)
         values, order = torch.topk(dist, min(topk + 1, rows * cols), dim=-1, largest=False)
         found = torch.gather(window, 1, order[:, :topk])
         sure = (values[:, 1:] > values[:, :-1]).all(dim=-1)
         if cols < xs.shape[0]:
-            sure &= values[:, topk - 1] < (near_x[:, -1] + near_y[:, 0]).sqrt()
+            sure &= values[:, topk - 1] < rounded_sqrt(near_x[:, -1] + near_y[:, 0])
         if rows < ys.shape[0]:
-            sure &= values[:, topk - 1] < (near_x[:, 0] + near_y[:, -1]).sqrt()
+            sure &= values[:, topk - 1] < rounded_sqrt(near_x[:, 0] + near_y[:, -1])
         doubt = (~sure & real).nonzero().squeeze(1)
         if doubt.shape[0]:
             found[doubt] = _nearest_dense(gx[doubt], gy[doubt], centers, topk)
