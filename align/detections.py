@@ -48,6 +48,22 @@ def detector_outputs(model: Any, tensors: dict) -> dict:
     return res
 
 
+def two_stage_outputs(proposal_index: list | None = None) -> Callable:
+    """outputs(model, tensors) for a two-stage zoo detector (align.zoo.libra): forward_with_detections with its
+    proposals (labels: the FPN level; anchor_index: into the image's anchors of all levels) and detections
+    (anchor_index: the RoI within the image) padded. proposal_index (per image, NumPy int64): the R-CNN runs on
+    those anchors' proposals instead of the run's own, so that float32 runs and float64 runs of either
+    framework compute one function after the RPN (align.zoo.libra.float32_outputs)."""
+    def outputs(model: Any, tensors: dict) -> dict:
+        fw = frameworks.of(model)
+        index = None if proposal_index is None else [fw.tensor(i) for i in proposal_index]
+        res = model.forward_with_detections(tensors["images"], proposal_index=index)
+        res["proposals"] = pad_detections(res["proposals"], fw.to_numpy, model.proposal_cfg["max_per_img"])
+        res["detections"] = pad_detections(res["detections"], fw.to_numpy, model.detections_per_img)
+        return res
+    return outputs
+
+
 def _levels(records, name, prefix):
     keys = sorted((k for k in records if k.startswith(f"{prefix}.{name}.P")), key=lambda k: int(k.rsplit("P", 1)[1]))
     return [records[k] for k in keys]
@@ -65,6 +81,36 @@ def delta_values(image_size: tuple, means: Sequence[float], stds: Sequence[float
     return values
 
 
+def rpn_values(image_size: tuple, prefix: str = "output"):
+    """values(...) of two_stage_outputs' proposals: the RPN's logits (N, A, H, W) and deltas (N, 4A, H, W) per
+    level, flattened as the RPN flattens them (H, W, A), decoded (means 0, stds 1) and clipped at each proposal's
+    anchor, sigmoid of its logit; labels (levels) are implied by the anchors."""
+    def values(records64, image, labels, anchors):
+        all_anchors = np.concatenate(_levels(records64, "anchors", prefix)).astype(np.float64)
+        logits = np.concatenate([lv[image].transpose(1, 2, 0).reshape(-1)
+                                 for lv in _levels(records64, "rpn_cls", prefix)]).astype(np.float64)
+        deltas = np.concatenate([lv[image].transpose(1, 2, 0).reshape(-1, 4)
+                                 for lv in _levels(records64, "rpn_reg", prefix)]).astype(np.float64)
+        boxes = delta_decode(all_anchors[anchors], deltas[anchors], max_shape=image_size)
+        return boxes, 1.0 / (1.0 + np.exp(-logits[anchors]))
+    return values
+
+
+def rcnn_values(image_size: tuple, stds: Sequence[float], prefix: str = "output"):
+    """values(...) of two_stage_outputs' detections: each detection's RoI (the image's rows of rois (K, 5)),
+    softmax of its cls_score at the label, its class's bbox_pred decoded (means 0, stds) on the RoI, clipped."""
+    def values(records64, image, labels, anchors):
+        rois = np.asarray(records64[f"{prefix}.rois"], np.float64)
+        rows = np.flatnonzero(rois[:, 0] == image)[anchors]
+        logits = np.asarray(records64[f"{prefix}.cls_score"], np.float64)[rows]
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        deltas = np.asarray(records64[f"{prefix}.bbox_pred"], np.float64)[rows].reshape(len(rows), -1, 4)
+        boxes = delta_decode(rois[rows, 1:], deltas[np.arange(len(rows)), labels], stds=stds, max_shape=image_size)
+        return boxes, probs[np.arange(len(rows)), labels]
+    return values
+
+
 def selection_values(scores_key: str = "output.scores", boxes_key: str = "output.boxes"):
     """values(...) for a detector that logs its pre-selection scores (N, C, L) and decoded boxes (N, L, 4)
     (PP-YOLOE): the float64 run's values at each (label, anchor)."""
@@ -74,19 +120,21 @@ def selection_values(scores_key: str = "output.scores", boxes_key: str = "output
     return values
 
 
-def images(records: dict, prefix: str = "output") -> list[str]:
-    """The detection bases ("output.detections.<i>") of a run, in image order."""
+def images(records: dict, prefix: str = "output", name: str = "detections") -> list[str]:
+    """The detection bases ("output.detections.<i>", or another padded selection's name) of a run, in image
+    order."""
     out = []
-    while f"{prefix}.detections.{len(out)}.count" in records:
-        out.append(f"{prefix}.detections.{len(out)}")
+    while f"{prefix}.{name}.{len(out)}.count" in records:
+        out.append(f"{prefix}.{name}.{len(out)}")
     return out
 
 
-def float64_view(records32: dict[str, np.ndarray], records64: dict[str, np.ndarray], values) -> dict[str, np.ndarray]:
-    """Float64 values of the detections selected in a float32 run: values(records64, image, labels, anchors)
-    evaluated at each float32 detection's (label, anchor_index)."""
+def float64_view(records32: dict[str, np.ndarray], records64: dict[str, np.ndarray], values,
+                 name: str = "detections") -> dict[str, np.ndarray]:
+    """Float64 values of the detections (or the padded selection `name`) selected in a float32 run:
+    values(records64, image, labels, anchors) evaluated at each float32 detection's (label, anchor_index)."""
     view = {}
-    for i, base in enumerate(images(records32)):
+    for i, base in enumerate(images(records32, name=name)):
         n = int(records32[f"{base}.count"][0])
         idx, labels = records32[f"{base}.anchor_index"][:n], records32[f"{base}.labels"][:n]
         boxes = np.zeros_like(records32[f"{base}.boxes"], dtype=np.float64)

@@ -36,8 +36,12 @@ def run(model, dtype="float64", out="reports", weights=None, seed=0, input_shape
         torch_model, paddle_model = (spec.deploy(m, dtype) for m in (torch_model, paddle_model))
     shape = tuple(input_shape or spec.input_shape)
     view = spec.float64_view(torch_model, shape) if spec.float64_view else None
-    return align_forward(torch_model, paddle_model, spec.inputs(seed, shape), dtype,
-                         str(Path(out) / model / ("forward_deploy" if deploy else "forward")), spec.outputs,
+    inputs = spec.inputs(seed, shape)
+    outputs = spec.outputs
+    if dtype == "float32" and spec.float32_outputs is not None:
+        outputs = spec.float32_outputs(torch_model, inputs)
+    return align_forward(torch_model, paddle_model, inputs, dtype,
+                         str(Path(out) / model / ("forward_deploy" if deploy else "forward")), outputs,
                          check=f"forward:{model}", extra={"model": model, "seed": seed, "deploy": deploy,
                                                           "weights": weights or "seeded init"},
                          float64_view=view, save_tensors=save_tensors)

@@ -42,16 +42,17 @@ class DetectionView:
     score_threshold: float
     iou_threshold: float
     keep_top_k: int
+    name: str = "detections"                          # the selection's key: output.<name>.<image>.*
 
     def __call__(self, records32: dict, records64: dict) -> dict:
-        return float64_view(records32, records64, self.values)
+        return float64_view(records32, records64, self.values, self.name)
 
     def judge(self, t32: dict, p32: dict, tv64: dict, pv64: dict, t64: dict, p64: dict,
               variants: list[tuple[dict, dict]] = ()) -> dict[str, dict]:
         """Stats for every detection key of both float32 runs (t32, p32), with their float64 views (tv64, pv64),
         the float64 runs (t64, p64) and torch's other-kernel runs with their views (variants)."""
         results = {}
-        for i, base in enumerate(images(t32)):
+        for i, base in enumerate(images(t32, name=self.name)):
             if f"{base}.count" in p32:
                 results.update(self._image(i, base, t32, p32, tv64, pv64, t64, variants))
         return results
@@ -157,3 +158,22 @@ def _iou_tolerance(boxes: np.ndarray, base: np.ndarray, tol: float) -> np.ndarra
         moved = boxes + step
         total += np.abs(_iou(moved, boxes) - base) + np.abs(_iou(boxes, moved) - base)
     return total + ULP_FLOOR
+
+
+@dataclass(frozen=True)
+class SelectionViews:
+    """Several selections of one detector (a two-stage one's proposals and detections), each with its view."""
+
+    views: tuple
+
+    def __call__(self, records32: dict, records64: dict) -> dict:
+        out = {}
+        for view in self.views:
+            out.update(view(records32, records64))
+        return out
+
+    def judge(self, *args, **kwargs) -> dict[str, dict]:
+        out = {}
+        for view in self.views:
+            out.update(view.judge(*args, **kwargs))
+        return out

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from align import zoo
-from align.detections import detector_outputs
+from align.detections import two_stage_outputs
+from align.hooks import flatten_outputs
 
 KEYS = Path(__file__).parent / "fixtures" / "libra_keys" / "libra_keys.txt"
 
@@ -32,25 +33,70 @@ def test_torch_twin_has_mmdetections_keys_and_shapes(twins):
     assert "neck.1.refine.phi.conv.bias" in p_state and "backbone.bn1._variance" in p_state
 
 
-def test_float64_inference_agrees(twins):
-    spec, t, p = twins
-    x = spec.inputs(0, (1, 3, 96, 128))["images"]
+def _float64_outputs(spec, t, p, shape=(1, 3, 96, 128), outputs=two_stage_outputs()):
+    x = spec.inputs(0, shape)["images"]
     t.double().eval()
     p.to(dtype="float64")
     p.eval()
     with torch.no_grad():
-        rt = detector_outputs(t, {"images": torch.from_numpy(x)})
+        rt = outputs(t, {"images": torch.from_numpy(x)})
     with paddle.no_grad():
-        rp = detector_outputs(p, {"images": paddle.to_tensor(x)})
+        rp = outputs(p, {"images": paddle.to_tensor(x)})
+    return rt, rp
+
+
+def test_float64_inference_agrees(twins):
+    spec, t, p = twins
+    rt, rp = _float64_outputs(spec, t, p)
     pt, pp = rt["proposals"]["0"], rp["proposals"]["0"]
-    assert len(pt["boxes"]) > 0 and pt["boxes"].shape == tuple(pp["boxes"].shape)
-    np.testing.assert_allclose(pp["boxes"].numpy(), pt["boxes"].numpy(), rtol=0, atol=1e-9 * 128)
-    np.testing.assert_array_equal(pp["levels"].numpy(), pt["levels"].numpy())
+    assert int(pt["count"][0]) == int(pp["count"][0]) > 0
+    np.testing.assert_allclose(pp["boxes"], pt["boxes"], rtol=0, atol=1e-9 * 128)
+    np.testing.assert_array_equal(pp["labels"], pt["labels"])
+    np.testing.assert_array_equal(pp["anchor_index"], pt["anchor_index"])
     scale = float(rt["cls_score"].abs().max())
     np.testing.assert_allclose(rp["cls_score"].numpy(), rt["cls_score"].numpy(), rtol=0, atol=1e-9 * scale)
     dt, dp = rt["detections"]["0"], rp["detections"]["0"]
     assert int(dt["count"][0]) == int(dp["count"][0]) > 0
     np.testing.assert_array_equal(dp["labels"], dt["labels"])
+
+
+def test_float64_views_recompute_each_selection_in_numpy(twins):
+    """The float64 views of float32 forward (align.zoo.libra.detection_view): evaluated at a float64 run's own
+    proposals and detections, NumPy's decode and sigmoid / softmax of the logged head outputs give the run's
+    values; and the R-CNN on given proposal anchors (proposals_at) is the R-CNN on the run's own."""
+    spec, t, p = twins
+    shape = (2, 3, 96, 128)
+    view = spec.float64_view(t, shape)
+    for side, model in (("torch", t), ("paddle", p)):
+        res = _float64_outputs(spec, t, p, shape)[side == "paddle"]
+        flat = []
+        flatten_outputs("output", res, lambda v: v.detach().numpy() if hasattr(v, "detach") else (
+            v.numpy() if hasattr(v, "numpy") else v), flat)
+        records = dict(flat)
+        got = view(records, records)
+        for name in ("proposals", "detections"):
+            for i in range(2):
+                base = f"output.{name}.{i}"
+                n = int(records[f"{base}.count"][0])
+                assert n > 0, (side, base)
+                np.testing.assert_allclose(got[f"{base}.boxes"][:n], records[f"{base}.boxes"][:n], rtol=0,
+                                           atol=1e-9 * 128, err_msg=f"{side} {base}")
+                np.testing.assert_allclose(got[f"{base}.scores"][:n], records[f"{base}.scores"][:n], rtol=1e-12,
+                                           err_msg=f"{side} {base}")
+        index = [res["proposals"][str(i)]["anchor_index"][:int(res["proposals"][str(i)]["count"][0])]
+                 for i in range(2)]
+        forced = _float64_outputs(spec, t, p, shape, two_stage_outputs(index))[side == "paddle"]
+        # the same proposals in canonical order: the same RoIs, each image's rows permuted
+        assert sorted(map(tuple, forced["rois"].numpy().round(9).tolist())) == \
+            sorted(map(tuple, res["rois"].numpy().round(9).tolist()))
+        for i in range(2):                 # RoI indices differ: compare the detections in (label, score) order
+            a, b = forced["detections"][str(i)], res["detections"][str(i)]
+            n = int(b["count"][0])
+            assert int(a["count"][0]) == n
+            oa, ob = (np.lexsort((d["scores"][:n], d["labels"][:n])) for d in (a, b))
+            np.testing.assert_array_equal(a["labels"][:n][oa], b["labels"][:n][ob])
+            np.testing.assert_allclose(a["scores"][:n][oa], b["scores"][:n][ob], rtol=1e-12)
+            np.testing.assert_allclose(a["boxes"][:n][oa], b["boxes"][:n][ob], rtol=0, atol=1e-9 * 128)
 
 
 def test_phi_bias_gradient_is_zero_to_rounding():
@@ -123,3 +169,25 @@ def test_faster_rcnn_has_libras_keys_without_bfp_and_its_plain_l1():
     for model, args in ((t, args_t), (p, args_p)):
         got = float(model.roi_head.bbox_head.loss(*args)["loss_bbox"])
         assert abs(got - want_l1) <= 1e-12 * want_l1
+
+
+def test_float32_forward_replays_proposals_and_catches_a_planted_tf32_layer(tmp_path):
+    """Float32 forward on torch's float64 proposals passes; TF32 truncation of the first fc's input in the
+    Paddle twin (align.defects) fails there, the RPN and the proposals still passing."""
+    from align.defects import plant
+    from align.forward import align_forward
+    spec = zoo.get_spec("libra_rcnn")
+    shape = (1, 3, 64, 96)
+    t, p = zoo.build_models(spec, None, 0)
+    inputs = spec.inputs(0, shape)
+
+    def run(out):
+        return align_forward(t, p, inputs, "float32", tmp_path / out, spec.float32_outputs(t, inputs),
+                             float64_view=spec.float64_view(t, shape), save_tensors="none")
+    clean = run("clean")
+    assert clean["passed"], clean.get("first_divergence")
+    assert clean["keys"]["output.proposals.0.anchor_index"]["passed"]
+    with plant(p, "roi_head.bbox_head.shared_fcs.0", "tf32"):
+        planted = run("planted")
+    assert not planted["passed"] and planted["first_divergence"] == "roi_head.bbox_head.shared_fcs.0"
+    assert planted["keys"]["rpn_head.rpn_cls#4"]["passed"] and planted["keys"]["output.proposals.0.boxes"]["passed"]

@@ -87,6 +87,9 @@ class ModelSpec:
     outputs: Callable[[Any, dict], Any] | None = None
     # float64_view(torch_model, input_shape) -> view(records32, records64) for selecting outputs (NMS)
     float64_view: Callable[[Any, tuple], Callable] | None = None
+    # float32_outputs(torch_model, inputs) -> outputs for float32 forward: the model's inner selections fixed to
+    # the float64 torch run's (a two-stage detector's proposals), so that every run computes one function
+    float32_outputs: Callable[[Any, dict], Callable] | None = None
     train: TrainSpec | None = None
     # predict(model, images, image_sizes) -> [{"boxes", "scores", "labels"}] per image: metric_diff's hook
     predict: Callable[[Any, Any, list], list] | None = None

@@ -8,8 +8,9 @@ seeded generator per step); the metric scores the synthetic set.
 """
 import numpy as np
 
-from align.detections import detector_outputs
+from align.detections import rcnn_values, rpn_values, two_stage_outputs
 from align.seeded_init import seeded_init_torch, tensor_rng
+from align.selections import DetectionView, SelectionViews
 from align.training import Recipe
 from align.zoo import GatePlan, ModelSpec, TrainSpec, register
 
@@ -40,6 +41,30 @@ def seeded_init(model, seed=0):
             weight.copy_(torch.from_numpy(tensor_rng(seed, f"{name}.weight").normal(0.0, std, tuple(weight.shape))))
             modules[name].bias.zero_()
     return model
+
+
+def detection_view(model, shape):
+    """Float32 forward: the proposals (NMS 0.7 by level, no score threshold, top max_per_img) and the detections
+    (score > score_thr, NMS per class, top max_per_img), each judged on its float64 view (align.selections)."""
+    size = tuple(shape)[-2:]
+    proposals, test = model.proposal_cfg, model.test_cfg
+    return SelectionViews((
+        DetectionView(rpn_values(size), float("-inf"), proposals["iou"], proposals["max_per_img"], "proposals"),
+        DetectionView(rcnn_values(size, model.roi_head.bbox_head.bbox_coder.stds), test["score_thr"],
+                      test["nms_iou"], test["max_per_img"])))
+
+
+def float32_outputs(torch_model, inputs):
+    """Float32 forward: every run's R-CNN on the proposals of torch's float64 run (each run's own proposals are
+    still an output, judged by detection_view), so a proposal that float32 rounding flips does not change what
+    the R-CNN stage is compared on."""
+    import copy
+
+    import torch
+    model = copy.deepcopy(torch_model).double().eval()
+    with torch.no_grad():
+        res = model.forward_with_detections(torch.from_numpy(np.asarray(inputs["images"], np.float64)))
+    return two_stage_outputs([p["anchor_index"].numpy() for p in res["proposals"]])
 
 
 def predict(model, images, image_sizes):
@@ -99,23 +124,25 @@ def _paddle_faster(**kw):
 
 
 _FLOAT32_LIMIT = ("float32: each side's R-CNN runs on its own proposals, which a float32 NMS flip changes; "
-                  "replaying one side's proposals on both is not done yet")
-_FASTER_LIMIT = "libra_rcnn's backward and training cover the same heads, samplers aside; CI time"
+                  "forward replays torch's float64 proposals on every run, training does not yet")
+_FASTER_LIMIT = "libra_rcnn's float32 forward, backward and training cover the same heads, samplers aside; CI time"
 # NonLocal2d's phi bias adds theta_i . b to every logit of row i, which the softmax cancels: its gradient is zero
 # up to rounding (5e-12 against 3.9e3 for phi's weight), judged as zero (align.backward.check_analytically_zero)
 ZERO_GRADIENTS = {"neck.1.refine.phi.conv.bias": "NonLocal2d: theta_i . b_phi shifts every logit of row i alike, "
                                                  "and the softmax over the row cancels it"}
 register(ModelSpec(
     "libra_rcnn", "Libra R-CNN: Faster R-CNN R50-FPN 1x + BFP (non-local refine) + IoU-balanced sampling + Balanced L1",
-    _torch_libra, _paddle_libra, INPUT_SHAPE, family="libra", outputs=detector_outputs,
+    _torch_libra, _paddle_libra, INPUT_SHAPE, family="libra", outputs=two_stage_outputs(),
+    float64_view=detection_view, float32_outputs=float32_outputs,
     init=seeded_init, predict=predict, zero_gradients=ZERO_GRADIENTS, train=TRAIN,
-    gate=GatePlan(forward=("float64",), isa_reruns=False, backward=("float64",), train=("float64",),
+    gate=GatePlan(forward=("float64", "float32"), isa_reruns=False, backward=("float64",), train=("float64",),
                   metric=("float64",),
-                  limits={f"{level}:float32": _FLOAT32_LIMIT for level in ("forward", "backward", "train", "metric")})))
+                  limits={f"{level}:float32": _FLOAT32_LIMIT for level in ("backward", "train", "metric")})))
 register(ModelSpec(
     "faster_rcnn_r50", "Faster R-CNN R50-FPN 1x (mmdetection's, what Libra R-CNN builds on: no BFP, random "
-    "samplers, L1 box loss)", _torch_faster, _paddle_faster, INPUT_SHAPE, family="libra", outputs=detector_outputs,
+    "samplers, L1 box loss)", _torch_faster, _paddle_faster, INPUT_SHAPE, family="libra",
+    outputs=two_stage_outputs(), float64_view=detection_view, float32_outputs=float32_outputs,
     init=seeded_init, predict=predict, train=FASTER_TRAIN,
     gate=GatePlan(forward=("float64",), isa_reruns=False, backward=(), metric=(),
-                  limits={"forward:float32": _FLOAT32_LIMIT, "backward:float32": _FLOAT32_LIMIT,
+                  limits={"forward:float32": _FASTER_LIMIT, "backward:float32": _FLOAT32_LIMIT,
                           "backward:float64": _FASTER_LIMIT, "train:float64": _FASTER_LIMIT})))

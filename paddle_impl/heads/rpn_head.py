@@ -123,16 +123,18 @@ class RPNHead(nn.Layer):
 
     @paddle.no_grad()
     def predict_proposals(self, cls_scores, bbox_preds, anchors, img_shapes, nms_pre=1000, max_per_img=1000,
-                          iou=0.7):
+                          iou=0.7, return_index=False):
         """B.4 proposals from detached outputs (train: nms_pre 2000, test 1000; max_per_img 1000).
         img_shapes: per image (h, w) to clip to. Returns per image (boxes [K, 4], scores [K], level_ids [K] int64),
-        score descending, ties by candidate index (level, then rank within the level)."""
+        score descending, ties by candidate index (level, then rank within the level); return_index: and each
+        proposal's anchor index [K] into the image's anchors of all levels (what identifies it across runs)."""
         results = []
         for i, shape in enumerate(img_shapes):
-            scores, deltas, priors, levels = [], [], [], []
+            scores, deltas, priors, levels, index, start = [], [], [], [], [], 0
             for lvl, (cls, reg, anc) in enumerate(zip(cls_scores, bbox_preds, anchors)):
                 s = F.sigmoid(_flat_cls(cls[i:i + 1].detach())[0])
                 d = _flat_reg(reg[i:i + 1].detach())[0]
+                idx = paddle.arange(s.shape[0], dtype="int64")
                 if 0 < nms_pre < s.shape[0]:
                     idx = paddle.argsort(s, descending=True, stable=True)[:nms_pre]
                     s, d, anc = paddle.gather(s, idx), paddle.gather(d, idx), paddle.gather(anc, idx)
@@ -140,10 +142,29 @@ class RPNHead(nn.Layer):
                 deltas.append(d)
                 priors.append(anc)
                 levels.append(paddle.full([s.shape[0]], lvl, dtype="int64"))
+                index.append(idx + start)
+                start += cls.shape[1] * cls.shape[2] * cls.shape[3]
             boxes = self.bbox_coder.decode(paddle.concat(priors), paddle.concat(deltas), max_shape=shape)
-            scores, levels = paddle.concat(scores), paddle.concat(levels)
+            scores, levels, index = paddle.concat(scores), paddle.concat(levels), paddle.concat(index)
             ok = paddle.nonzero((boxes[:, 2] - boxes[:, 0] > 0) & (boxes[:, 3] - boxes[:, 1] > 0)).squeeze(1)
-            boxes, scores, levels = paddle.gather(boxes, ok), paddle.gather(scores, ok), paddle.gather(levels, ok)
+            boxes, scores = paddle.gather(boxes, ok), paddle.gather(scores, ok)
+            levels, index = paddle.gather(levels, ok), paddle.gather(index, ok)
             keep = level_nms(boxes, scores, levels, iou, len(anchors))[:max_per_img]
-            results.append((paddle.gather(boxes, keep), paddle.gather(scores, keep), paddle.gather(levels, keep)))
+            results.append((paddle.gather(boxes, keep), paddle.gather(scores, keep), paddle.gather(levels, keep))
+                           + ((paddle.gather(index, keep),) if return_index else ()))
+        return results
+
+    def proposals_at(self, cls_scores, bbox_preds, anchors, img_shapes, index):
+        """The proposals of given anchors, without selection: index per image [K] into the image's anchors of all
+        levels (predict_proposals' return_index). Returns per image (boxes [K, 4], scores [K], level_ids [K]), as
+        predict_proposals computes them for those anchors (a float32 run on the float64 run's selection)."""
+        sizes = [c.shape[1] * c.shape[2] * c.shape[3] for c in cls_scores]
+        all_levels = paddle.concat([paddle.full([n], lvl, dtype="int64") for lvl, n in enumerate(sizes)])
+        priors = paddle.concat(list(anchors))
+        results = []
+        for i, (shape, idx) in enumerate(zip(img_shapes, index)):
+            s = paddle.gather(F.sigmoid(paddle.concat([_flat_cls(c[i:i + 1].detach())[0] for c in cls_scores])), idx)
+            d = paddle.gather(paddle.concat([_flat_reg(r[i:i + 1].detach())[0] for r in bbox_preds]), idx)
+            results.append((self.bbox_coder.decode(paddle.gather(priors, idx), d, max_shape=shape), s,
+                            paddle.gather(all_levels, idx)))
         return results

@@ -57,14 +57,19 @@ class LibraRCNN(nn.Module):
     def anchors(self, feats, dtype):
         return self.anchor_generator([tuple(f.shape[-2:]) for f in feats], dtype=dtype, device=feats[0].device)
 
-    def forward_with_detections(self, images, image_sizes=None, scale_factors=None):
+    def forward_with_detections(self, images, image_sizes=None, scale_factors=None, proposal_index=None):
         """Everything inference computes, by name: RPN outputs and anchors per level, proposals, R-CNN outputs on
-        them and the detections per image (boxes in image_sizes' pixels divided by scale_factors (w, h))."""
+        them and the detections per image (boxes in image_sizes' pixels divided by scale_factors (w, h)).
+        proposal_index: per image the anchor indices of the proposals the R-CNN runs on (another run's selection,
+        predict_proposals' return_index) instead of this run's own; "proposals" stays this run's selection."""
         feats, rpn_cls, rpn_reg = self(images)
         sizes = image_sizes or [tuple(images.shape[-2:])] * images.shape[0]
         anchors = self.anchors(feats, images.dtype)
-        proposals = self.rpn_head.predict_proposals(rpn_cls, rpn_reg, anchors, sizes, **self.proposal_cfg)
-        rois = rois_of([p[0] for p in proposals])
+        proposals = self.rpn_head.predict_proposals(rpn_cls, rpn_reg, anchors, sizes, return_index=True,
+                                                    **self.proposal_cfg)
+        used = proposals if proposal_index is None else self.rpn_head.proposals_at(rpn_cls, rpn_reg, anchors, sizes,
+                                                                                   proposal_index)
+        rois = rois_of([p[0] for p in used])
         cls_score, bbox_pred = self.roi_head(feats, rois)
         scales = scale_factors or [(1.0, 1.0)] * images.shape[0]
         dets = self.roi_head.bbox_head.predict(rois, cls_score, bbox_pred, sizes, scales, return_index=True,
@@ -73,9 +78,9 @@ class LibraRCNN(nn.Module):
         detections = [{"boxes": b, "scores": s, "labels": lab, "anchor_index": idx} for b, s, lab, idx in dets]
         return {"rpn_cls": dict(zip(levels, rpn_cls)), "rpn_reg": dict(zip(levels, rpn_reg)),
                 "anchors": dict(zip(levels, anchors)),
-                "proposals": {str(i): {"boxes": b, "scores": s, "levels": lv}
-                              for i, (b, s, lv) in enumerate(proposals)},
-                "cls_score": cls_score, "bbox_pred": bbox_pred, "detections": detections}
+                "proposals": [{"boxes": b, "scores": s, "labels": lv, "anchor_index": idx}
+                              for b, s, lv, idx in proposals],
+                "rois": rois, "cls_score": cls_score, "bbox_pred": bbox_pred, "detections": detections}
 
     @torch.no_grad()
     def predict(self, images, image_sizes=None):

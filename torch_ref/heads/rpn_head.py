@@ -119,27 +119,46 @@ class RPNHead(nn.Module):
 
     @torch.no_grad()
     def predict_proposals(self, cls_scores, bbox_preds, anchors, img_shapes, nms_pre=1000, max_per_img=1000,
-                          iou=0.7):
+                          iou=0.7, return_index=False):
         """B.4 proposals from detached outputs (train: nms_pre 2000, test 1000; max_per_img 1000).
         img_shapes: per image (h, w) to clip to. Returns per image (boxes [K, 4], scores [K], level_ids [K] int64),
-        score descending, ties by candidate index (level, then rank within the level)."""
+        score descending, ties by candidate index (level, then rank within the level); return_index: and each
+        proposal's anchor index [K] into the image's anchors of all levels (what identifies it across runs)."""
         results = []
         for i, shape in enumerate(img_shapes):
-            scores, deltas, priors, levels = [], [], [], []
+            scores, deltas, priors, levels, index, start = [], [], [], [], [], 0
             for lvl, (cls, reg, anc) in enumerate(zip(cls_scores, bbox_preds, anchors)):
                 s = _flat_cls(cls[i:i + 1].detach())[0].sigmoid()
                 d = _flat_reg(reg[i:i + 1].detach())[0]
+                idx = torch.arange(len(s), device=s.device)
                 if 0 < nms_pre < len(s):
                     s, idx = torch.sort(s, descending=True, stable=True)
-                    s, d, anc = s[:nms_pre], d[idx[:nms_pre]], anc[idx[:nms_pre]]
+                    s, idx = s[:nms_pre], idx[:nms_pre]
+                    d, anc = d[idx], anc[idx]
                 scores.append(s)
                 deltas.append(d)
                 priors.append(anc)
                 levels.append(torch.full((len(s),), lvl, dtype=torch.int64, device=s.device))
+                index.append(idx + start)
+                start += cls.shape[1] * cls.shape[2] * cls.shape[3]
             boxes = self.bbox_coder.decode(torch.cat(priors), torch.cat(deltas), max_shape=shape)
-            scores, levels = torch.cat(scores), torch.cat(levels)
+            scores, levels, index = torch.cat(scores), torch.cat(levels), torch.cat(index)
             ok = ((boxes[:, 2] - boxes[:, 0] > 0) & (boxes[:, 3] - boxes[:, 1] > 0)).nonzero().squeeze(1)
-            boxes, scores, levels = boxes[ok], scores[ok], levels[ok]
+            boxes, scores, levels, index = boxes[ok], scores[ok], levels[ok], index[ok]
             keep = level_nms(boxes, scores, levels, iou)[:max_per_img]
-            results.append((boxes[keep], scores[keep], levels[keep]))
+            results.append((boxes[keep], scores[keep], levels[keep]) + ((index[keep],) if return_index else ()))
+        return results
+
+    def proposals_at(self, cls_scores, bbox_preds, anchors, img_shapes, index):
+        """The proposals of given anchors, without selection: index per image [K] into the image's anchors of all
+        levels (predict_proposals' return_index). Returns per image (boxes [K, 4], scores [K], level_ids [K]), as
+        predict_proposals computes them for those anchors (a float32 run on the float64 run's selection)."""
+        sizes = [c.shape[1] * c.shape[2] * c.shape[3] for c in cls_scores]
+        all_levels = torch.cat([torch.full((n,), lvl, dtype=torch.int64) for lvl, n in enumerate(sizes)])
+        priors = torch.cat(list(anchors))
+        results = []
+        for i, (shape, idx) in enumerate(zip(img_shapes, index)):
+            s = torch.cat([_flat_cls(c[i:i + 1].detach())[0] for c in cls_scores]).sigmoid()[idx]
+            d = torch.cat([_flat_reg(r[i:i + 1].detach())[0] for r in bbox_preds])[idx]
+            results.append((self.bbox_coder.decode(priors[idx], d, max_shape=shape), s, all_levels.to(idx.device)[idx]))
         return results
