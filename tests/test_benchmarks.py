@@ -31,9 +31,11 @@ def test_bench_align_quick_measures_both_dtypes():
     assert [r[1] for r in rows] == ["float64", "float32"]
     for r in rows:
         align_s, plain_s, ratio = float(r[2]), float(r[3]), float(r[4])
-        # the seconds are printed to 0.1 s: the ratio (of the unrounded times) lies within their rounding
+        # the seconds are printed to 0.1 s and the ratio to 0.01: the ratio of the unrounded times lies within
+        # the seconds' rounding, give or take the ratio's own half-hundredth
         assert align_s > 0 and plain_s > 0.05
-        assert (align_s - 0.05) / (plain_s + 0.05) <= ratio <= (align_s + 0.05) / (plain_s - 0.05)
+        low, high = (align_s - 0.05) / (plain_s + 0.05), (align_s + 0.05) / (plain_s - 0.05)
+        assert low - 0.005 <= ratio <= high + 0.005
         assert float(r[7].rstrip("M")) < 5           # statistics, not tensors, for passing keys
 
 
