@@ -238,21 +238,33 @@ def _float32(torch_model, paddle_model, inputs, outputs_fn, float64_view, save_t
     for side, run in ((s32, t), (p32, p)):
         for key, value in run.outputs.items():
             side.put(key, value)
-    t64 = {k: ref[k] for k in s64.outputs}
-    alt64, tv64, pv64 = t64, t64, p64.outputs
+    results.update(_float32_outputs_verdicts(t, p, alt, {k: ref[k] for k in s64.outputs}, p64.outputs,
+                                             float64_view))
+    return s32, p32, results, t.keys, p.keys, _timings(t, p, alt, s64, p64)
+
+
+def _float32_outputs_verdicts(t: SideRun, p: SideRun, alt: SideRun, t64: dict, p64: dict,
+                              float64_view: Callable | None) -> dict:
+    """The float32 verdict of each model output of runs t, p (and torch's kernel variant alt), against the
+    float64 outputs t64 (torch) and p64 (Paddle); with float64_view, each selection is compared with its own
+    float64 counterpart and judged by what it selected (align.selections)."""
+    alt64, tv64, pv64 = t64, t64, p64
     if float64_view is not None:       # each selection's float64 counterpart, from its framework's run
         alt64 = ChainMap(float64_view(alt.outputs, t64), t64)
         tv64 = ChainMap(float64_view(t.outputs, t64), t64)
-        pv64 = ChainMap(float64_view(p.outputs, p64.outputs), p64.outputs)
+        pv64 = ChainMap(float64_view(p.outputs, p64), p64)
     both64 = [k for k in t.outputs if k in tv64 and k in pv64]
-    results.update(compare_runs("float32", Subset(t.outputs, both64), p.outputs, tv64, pv64,
-                                torch_variants=[(alt.outputs, alt64)]))
+    verdicts = compare_runs("float32", Subset(t.outputs, both64), p.outputs, tv64, pv64,
+                            torch_variants=[(alt.outputs, alt64)])
     judge = getattr(float64_view, "judge", None)
     if judge is not None:              # selections matched by what they selected (align.selections)
-        results.update(judge(t.outputs, p.outputs, tv64, pv64, t64, p64.outputs, [(alt.outputs, alt64)]))
-    timings = {"torch_float32_s": t.seconds, "paddle_float32_s": p.seconds, "torch_variant_float32_s": alt.seconds,
-               "torch_float64_s": s64.seconds, "paddle_float64_s": p64.seconds}
-    return s32, p32, results, t.keys, p.keys, timings
+        verdicts.update(judge(t.outputs, p.outputs, tv64, pv64, t64, p64, [(alt.outputs, alt64)]))
+    return verdicts
+
+
+def _timings(t: SideRun, p: SideRun, alt: SideRun, s64: SideRun, p64: SideRun) -> dict:
+    return {"torch_float32_s": t.seconds, "paddle_float32_s": p.seconds, "torch_variant_float32_s": alt.seconds,
+            "torch_float64_s": s64.seconds, "paddle_float64_s": p64.seconds}
 
 
 def _lockstep_runs(sides: list[tuple[str, Any, str]], inputs: dict, outputs_fn: Callable | None,
@@ -416,18 +428,7 @@ def _float32_lockstep(torch_model, paddle_model, inputs, outputs_fn, float64_vie
         del s64_model, t32_model, alt_model, p64_model
     t, p, alt, s64, p64 = (runs[s] for s in ("t32", "p32", "alt", "s64", "p64"))
     frameworks.of(torch_model).cast(torch_model, "float32")
-    t64 = s64.outputs
-    alt64, tv64, pv64 = t64, t64, p64.outputs
-    if float64_view is not None:       # each selection's float64 counterpart, from its framework's run
-        alt64 = ChainMap(float64_view(alt.outputs, t64), t64)
-        tv64 = ChainMap(float64_view(t.outputs, t64), t64)
-        pv64 = ChainMap(float64_view(p.outputs, p64.outputs), p64.outputs)
-    both64 = [k for k in t.outputs if k in tv64 and k in pv64]
-    final = compare_runs("float32", Subset(t.outputs, both64), p.outputs, tv64, pv64,
-                         torch_variants=[(alt.outputs, alt64)])
-    judge = getattr(float64_view, "judge", None)
-    if judge is not None:              # selections matched by what they selected (align.selections)
-        final.update(judge(t.outputs, p.outputs, tv64, pv64, t64, p64.outputs, [(alt.outputs, alt64)]))
+    final = _float32_outputs_verdicts(t, p, alt, s64.outputs, p64.outputs, float64_view)
     for key, result in final.items():
         results["output", key] = result
         if key in t.outputs and key in p.outputs:
@@ -436,6 +437,4 @@ def _float32_lockstep(torch_model, paddle_model, inputs, outputs_fn, float64_vie
     if named is None:
         return None
     results, keys, t_log, p_log = named
-    timings = {"torch_float32_s": t.seconds, "paddle_float32_s": p.seconds, "torch_variant_float32_s": alt.seconds,
-               "torch_float64_s": s64.seconds, "paddle_float64_s": p64.seconds}
-    return t_log, p_log, results, keys["t32"], keys["p32"], timings
+    return t_log, p_log, results, keys["t32"], keys["p32"], _timings(t, p, alt, s64, p64)

@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from align.runtime import configure_frameworks  # noqa: E402
+from benchmarks.targets import verdict  # noqa: E402
 
 LOOP_TARGET = 5.0            # vectorised twin vs the loop
 PADDLE_TARGET = 3.0          # Paddle twin time / torch twin time
@@ -252,20 +253,14 @@ def render(sizes, rows, positives, quick):
              f"{'scores err':>11}  verdict"]
     missed = []
     for r in rows:
-        ok = r["speedup"] >= LOOP_TARGET
-        if not quick and not ok:
-            missed.append(f"{r['assigner']} {r['framework']} vs loop")
-        verdict = "n/a (quick)" if quick else ("ok" if ok else "MISSED")
+        judged = verdict(r["speedup"] >= LOOP_TARGET, quick, missed, f"{r['assigner']} {r['framework']} vs loop")
         lines.append(f"{r['assigner']:<9} {r['framework']:<9} {1e3 * r['ours']:>10.1f} {1e3 * r['loop']:>10.1f} "
-                     f"{r['speedup']:>9.1f}x {LOOP_TARGET:>6.0f}x {r['max_err']:>11.1e}  {verdict}")
+                     f"{r['speedup']:>9.1f}x {LOOP_TARGET:>6.0f}x {r['max_err']:>11.1e}  {judged}")
     lines.append("")
     lines.append(f"paddle / torch time ratio of the twins (target <= {PADDLE_TARGET:g}):")
     for r in rows[::2]:
-        ok = r["paddle_ratio"] <= PADDLE_TARGET
-        if not quick and not ok:
-            missed.append(f"{r['assigner']} paddle / torch")
-        verdict = "n/a (quick)" if quick else ("ok" if ok else "MISSED")
-        lines.append(f"  {r['assigner']:<6} {r['paddle_ratio']:.2f}  {verdict}")
+        judged = verdict(r["paddle_ratio"] <= PADDLE_TARGET, quick, missed, f"{r['assigner']} paddle / torch")
+        lines.append(f"  {r['assigner']:<6} {r['paddle_ratio']:.2f}  {judged}")
     return "\n".join(lines), missed
 
 

@@ -24,7 +24,7 @@ matched by the RPN's low-quality pass alone, on a tie of two anchors (at the def
 Each timed call draws from np.random.default_rng(seed); the contenders take turns and each keeps its median of
 --repeats. One CPU thread by default (--threads), as in bench_assigners.py. Target: each twin >= 5x the loop. Exit
 status 1 when a target is missed (not checked with --quick) or a --forward run errors (exit 2 or a crash; exit 1,
-the alignment check's own verdict, is reported, not counted: float32 is not gated for libra_rcnn).
+the alignment check's own verdict, is reported, not counted: the gate judges alignment, this file speed).
 """
 import argparse
 import math
@@ -42,6 +42,7 @@ sys.path.insert(0, ROOT)
 
 from align.numpy_ref import samplers as loop_sampler  # noqa: E402
 from align.runtime import configure_frameworks  # noqa: E402
+from benchmarks.targets import verdict  # noqa: E402
 from twin_common.samplers import CombinedSampler, RandomSampler, add_gt_as_proposals  # noqa: E402
 
 TARGET = 5.0
@@ -362,19 +363,16 @@ def render(sizes, rows, quick):
              f"{'target':>7} {'max err':>9}  verdict"]
     missed = []
     for r in rows:
-        ok = r["speedup"] >= TARGET
-        if not quick and not ok:
-            missed.append(f"{r['case']} {r['framework']}")
-        verdict = "n/a (quick)" if quick else ("ok" if ok else "MISSED")
+        judged = verdict(r["speedup"] >= TARGET, quick, missed, f"{r['case']} {r['framework']}")
         lines.append(f"{r['case']:<15} {r['framework']:<9} {1e3 * r['ours']:>15.2f} {1e3 * r['loop']:>10.1f} "
-                     f"{r['speedup']:>8.1f}x {TARGET:>6.0f}x {r['max_err']:>9.1e}  {verdict}")
+                     f"{r['speedup']:>8.1f}x {TARGET:>6.0f}x {r['max_err']:>9.1e}  {judged}")
     return "\n".join(lines), missed
 
 
 def time_forward(dtypes=("float64", "float32"), input_shape=None):
     """Wall seconds of `python -m align forward --model libra_rcnn --dtype D` per dtype, each in a fresh process
     (imports, build and weight copy included): [(dtype, seconds, exit status, its verdict line)]. Exit 1 is the
-    alignment check's verdict (float32 is not gated for libra_rcnn, see align/zoo/libra.py), not a failed run."""
+    alignment check's verdict (judged by the gate, align/gate.py), not a failed run."""
     results = []
     with tempfile.TemporaryDirectory(prefix="bench_libra_") as out:
         for dtype in dtypes:
@@ -384,12 +382,12 @@ def time_forward(dtypes=("float64", "float32"), input_shape=None):
             start = time.perf_counter()
             proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
             seconds = time.perf_counter() - start
-            verdict = next((line.strip() for line in reversed(proc.stdout.splitlines())
-                            if line.startswith("forward_diff")), "")
+            verdict_line = next((line.strip() for line in reversed(proc.stdout.splitlines())
+                                 if line.startswith("forward_diff")), "")
             if proc.returncode not in (0, 1):
                 print(f"align forward --dtype {dtype} exited {proc.returncode}:\n{proc.stdout[-2000:]}"
                       f"{proc.stderr[-2000:]}", file=sys.stderr)
-            results.append((dtype, seconds, proc.returncode, verdict))
+            results.append((dtype, seconds, proc.returncode, verdict_line))
     return results
 
 
@@ -418,8 +416,8 @@ def main(argv=None):
     if args.forward and not args.quick:
         print("")
         print("two-stage forward alignment (python -m align forward --model libra_rcnn), wall seconds:")
-        for dtype, seconds, rc, verdict in time_forward(input_shape=args.forward_shape):
-            print(f"  {dtype:<8} {seconds:>7.1f} s  exit {rc}  {verdict}")
+        for dtype, seconds, rc, outcome in time_forward(input_shape=args.forward_shape):
+            print(f"  {dtype:<8} {seconds:>7.1f} s  exit {rc}  {outcome}")
             if rc not in (0, 1):
                 missed.append(f"align forward {dtype} (exit {rc})")
     if missed:

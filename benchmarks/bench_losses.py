@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from align.loss_specs.ghm_common import EDGE_TOLERANCE  # noqa: E402
 from align.numpy_ref.ghm import GHMCRef  # noqa: E402
 from align.runtime import configure_frameworks  # noqa: E402
+from benchmarks.targets import verdict  # noqa: E402
 
 TARGETS = {"AP-Loss": 10.0, "GHM-C": 3.0}
 FULL = {"anchors": 100_000, "classes": 80, "positives": 200}
@@ -324,15 +325,10 @@ def render(sizes, rows, quick):
     missed = []
     for r in rows:
         target = TARGETS[r["loss"]]
-        ok = r["speedup"] >= target
-        if not r["gated"]:
-            verdict = "fallback, not gated"
-        else:
-            verdict = "n/a (quick)" if quick else ("ok" if ok else "MISSED")
-        if not quick and r["gated"] and not ok:
-            missed.append(f"{r['loss']} {r['framework']}")
+        judged = (verdict(r["speedup"] >= target, quick, missed, f"{r['loss']} {r['framework']}") if r["gated"]
+              else "fallback, not gated")
         lines.append(f"{r['loss']:<8} {size_text[r['loss']]:<22} {r['framework']:<12} {r['ours']:>9.3f} "
-                     f"{r['loop']:>9.3f} {r['speedup']:>8.1f}x {target:>6.0f}x {r['max_rel']:>9.1e}  {verdict}")
+                     f"{r['loop']:>9.3f} {r['speedup']:>8.1f}x {target:>6.0f}x {r['max_rel']:>9.1e}  {judged}")
     skipped = max((r["skipped"] for r in rows), default=0)
     lines.append(f"note: the GHM-C kernels' gradients compared on all but {skipped} elements with g within "
                  f"{EDGE_TOLERANCE:.1e} of an edge (their float32 sigmoid may bin them apart from the loop's)")

@@ -38,19 +38,12 @@ def twins():
     return t, p, images
 
 
-def torch_step(model, images, criterion, step=0):
+def criterion_step(model, images, criterion, step=0, to_tensor=torch.tensor):
+    """The losses (floats) of one criterion call at step, the batch made with to_tensor (torch or Paddle)."""
     criterion.set_step(step)
-    gts = [torch.tensor(g) for g in GTS]
-    labels = [torch.tensor(lab) for lab in LABELS]
-    out = criterion(model, torch.tensor(images), gts, labels, IMG_SHAPES)
-    return {k: float(v) for k, v in out.items()}
-
-
-def paddle_step(model, images, criterion, step=0):
-    criterion.set_step(step)
-    gts = [paddle.to_tensor(g) for g in GTS]
-    labels = [paddle.to_tensor(lab) for lab in LABELS]
-    out = criterion(model, paddle.to_tensor(images), gts, labels, IMG_SHAPES)
+    gts = [to_tensor(g) for g in GTS]
+    labels = [to_tensor(lab) for lab in LABELS]
+    out = criterion(model, to_tensor(images), gts, labels, IMG_SHAPES)
     return {k: float(v) for k, v in out.items()}
 
 
@@ -107,7 +100,8 @@ def test_training_step_matches_the_numpy_composition(twins):
     p_crit.to(dtype="float64")
     for step in (0, 1):                     # step 1: floor_thr is 0 now, zero-IoU negatives become the floor
         ref = numpy_step(t, images, neg_sampler, step)
-        got = {"torch": torch_step(t, images, t_crit, step), "paddle": paddle_step(p, images, p_crit, step)}
+        got = {"torch": criterion_step(t, images, t_crit, step),
+               "paddle": criterion_step(p, images, p_crit, step, paddle.to_tensor)}
         assert ref["num_pos_rois"] > 0 and ref["num_rois"] > ref["num_pos_rois"]
         for side, out in got.items():
             assert out["num_rois"] == ref["num_rois"] and out["num_pos_rois"] == ref["num_pos_rois"], side
@@ -123,12 +117,12 @@ def test_floor_thr_is_state_that_resumes(twins):
     (floor_thr -1) does not: the floor is part of what training compares and resumes."""
     t, _, images = twins
     going = _criterion("torch")(t, NUM_CLASSES).double()
-    torch_step(t, images, going, 0)
+    criterion_step(t, images, going, 0)
     saved = {k: v.clone() for k, v in going.state_dict().items()}
     assert float(saved["floor_thr"]) == 0.0
     resumed, fresh = (_criterion("torch")(t, NUM_CLASSES).double() for _ in range(2))
     resumed.load_state_dict(saved)
     assert float(fresh.floor_thr) == -1.0
-    a, b, c = (torch_step(t, images, crit, 1) for crit in (going, resumed, fresh))
+    a, b, c = (criterion_step(t, images, crit, 1) for crit in (going, resumed, fresh))
     assert a == b
     assert a["loss_cls"] != c["loss_cls"]
