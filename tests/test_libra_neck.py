@@ -98,7 +98,8 @@ def test_init_weights_follow_b3(fw):
         if k.startswith("0.") and k.endswith(".weight"):          # FPN: Xavier uniform, gain 1
             rf = int(np.prod(w.shape[2:]))
             limit = np.sqrt(6.0 / ((w.shape[0] + w.shape[1]) * rf))
-            assert np.abs(w).max() <= limit and np.abs(w).max() > 0.99 * limit, k
+            # the weights are drawn in float32 within float32(limit), which may round above the float64 limit
+            assert np.abs(w).max() <= np.float32(limit) and np.abs(w).max() > 0.99 * limit, k
             assert abs(w.std() / (limit / np.sqrt(3)) - 1) < 6 / np.sqrt(w.size), k
     for name in ("g", "theta", "phi"):                            # NonLocal2d's own init overrides BFP's Xavier
         w = state[f"1.refine.{name}.conv.weight"]
