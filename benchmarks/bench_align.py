@@ -25,6 +25,9 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.targets import take_turns  # noqa: E402
+
 GB = 1 << 30
 
 CHILD = r"""
@@ -48,7 +51,7 @@ if mode == "plain":
             with fw.no_grad():
                 spec.outputs(model, tensors)
             del tensors
-    report = 0
+    report, variant = 0, 0.0
 else:                                   # what forward_diff.run does once the pair is built
     from align.forward import align_forward
     view = spec.float64_view(t, shape) if spec.float64_view else None
@@ -59,7 +62,7 @@ else:                                   # what forward_diff.run does once the pa
     variant = summary["timings"].get("torch_variant_float32_s", 0.0)
 seconds = time.perf_counter() - start
 print(json.dumps({{"seconds": seconds, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                  "report_bytes": report, "variant_seconds": variant if mode == "align" else 0.0}}))
+                  "report_bytes": report, "variant_seconds": variant}}))
 """
 
 
@@ -75,10 +78,8 @@ def measure(mode, dtype, shape, model="retina_r50"):
 def interleaved(dtype, shape, model, repeat):
     """(alignment, plain): `repeat` measurements of each, alternating so that a slow spell of the machine hits
     both; of each the fastest run (with its variant seconds) and the largest peak RSS."""
-    runs = {"align": [], "plain": []}
-    for _ in range(repeat):
-        for mode in runs:
-            runs[mode].append(measure(mode, dtype, shape, model))
+    runs = take_turns({mode: (lambda mode=mode: measure(mode, dtype, shape, model)) for mode in ("align", "plain")},
+                      repeat)
     best = {}
     for mode, got in runs.items():
         best[mode] = dict(min(got, key=lambda r: r["seconds"]))
@@ -118,12 +119,13 @@ def main(argv=None):
                 checks.append(("wall", a["seconds"] <= args.max_seconds, f"<= {args.max_seconds:.0f} s"))
             ok &= all(passed for _, passed, _ in checks)
             verdict = ", ".join(f"{name} {want}: {'ok' if passed else 'MISSED'}" for name, passed, want in checks)
+            verdict = verdict or "n/a (quick)"
             if a["variant_seconds"]:
                 five = a["seconds"] / (b["seconds"] + a["variant_seconds"])
-                verdict = f"{verdict or 'n/a (quick)'}; variant pass {a['variant_seconds']:.1f} s, {five:.2f}x 5 passes"
+                verdict += f"; variant pass {a['variant_seconds']:.1f} s, {five:.2f}x 5 passes"
             print(f"{'x'.join(map(str, shape)):>16} {dtype:>8} {a['seconds']:8.1f} {b['seconds']:8.1f} {ratio:6.2f} "
                   f"{a['peak_rss'] / GB:9.2f}G {b['peak_rss'] / GB:9.2f}G {a['report_bytes'] / 1e6:8.2f}M  "
-                  f"{verdict or 'n/a (quick)'}", flush=True)
+                  f"{verdict}", flush=True)
     return 0 if ok or args.quick else 1
 
 

@@ -18,7 +18,6 @@ take turns and each keeps its best of --repeats, so a slow spell of the machine 
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 import torch
@@ -26,7 +25,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from align.runtime import configure_frameworks  # noqa: E402
-from benchmarks.targets import verdict  # noqa: E402
+from benchmarks.targets import verdict, wall_times  # noqa: E402
 
 LOOP_TARGET = 5.0            # vectorised twin vs the loop
 PADDLE_TARGET = 3.0          # Paddle twin time / torch twin time
@@ -203,13 +202,7 @@ def check_same(label, ours, loop, tol):
 
 def timed(fns, repeats):
     """{name: fn} -> {name: best wall time of `repeats` calls}, the calls taking turns."""
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: min(t) for name, t in times.items()}
+    return {name: min(t) for name, t in wall_times(fns, repeats)[0].items()}
 
 
 def run(quick, repeats, seed=0):

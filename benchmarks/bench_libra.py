@@ -42,7 +42,7 @@ sys.path.insert(0, ROOT)
 
 from align.numpy_ref import samplers as loop_sampler  # noqa: E402
 from align.runtime import configure_frameworks  # noqa: E402
-from benchmarks.targets import verdict  # noqa: E402
+from benchmarks.targets import verdict, wall_times  # noqa: E402
 from twin_common.samplers import CombinedSampler, RandomSampler, add_gt_as_proposals  # noqa: E402
 
 TARGET = 5.0
@@ -324,13 +324,7 @@ def stats(inputs, loop_out):
 # ------------------------------------------------------------------------------------------------- runner
 def timed(fns, repeats):
     """{name: fn} -> {name: median wall time of `repeats` calls}, the calls taking turns."""
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return {name: statistics.median(t) for name, t in wall_times(fns, repeats)[0].items()}
 
 
 def run(quick, repeats, seed=0):

@@ -17,7 +17,6 @@ GHM-C runs on the fused CPU kernels of both twins (*/losses/ghm_kernel.py); the 
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -26,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from align.loss_specs.ghm_common import EDGE_TOLERANCE  # noqa: E402
 from align.numpy_ref.ghm import GHMCRef  # noqa: E402
 from align.runtime import configure_frameworks  # noqa: E402
-from benchmarks.targets import verdict  # noqa: E402
+from benchmarks.targets import verdict, wall_times  # noqa: E402
 
 TARGETS = {"AP-Loss": 10.0, "GHM-C": 3.0}
 FULL = {"anchors": 100_000, "classes": 80, "positives": 200}
@@ -265,13 +264,7 @@ def timed(fns, args, repeats):
     """{name: fn} -> ({name: best wall time of `repeats` calls}, {name: last result}). The calls take turns
     (a, b, a, b, ...), so a slow spell of the machine hits every contender alike. The float64 checks ran
     first: no lazy initialisation is left to time."""
-    times = {name: [] for name in fns}
-    results = {}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            results[name] = fn(*args)
-            times[name].append(time.perf_counter() - start)
+    times, results = wall_times(fns, repeats, args)
     return {name: min(t) for name, t in times.items()}, results
 
 
