@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from align import frameworks
+from align import frameworks, plots
 from align.compare import FP64_MAX_REL, check_dtype, compare_runs, reported, scale_of
 from align.events import decisions_of, float32_verdicts
 from align.explain import diagnose
@@ -142,6 +142,7 @@ def align_backward(torch_model: Any, paddle_model: Any, inputs: dict[str, np.nda
     of gradients zero by construction, judged in float64 by check_analytically_zero."""
     t_obj, p_obj = objective_fns or (None, None)
     check_dtype(dtype)
+    plots.preload()                    # the report's plot, imported while the passes run
     flips = None
     if dtype == "float64":
         (t, _), (p, _) = (_pass(torch_model, inputs, dtype, seed, None, False, t_obj, keyword),

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from align import frameworks
+from align import frameworks, plots
 from align import lockstep as ls
 from align.compare import (
     Summaries,
@@ -135,6 +135,7 @@ def align_forward(torch_model: Any, paddle_model: Any, inputs: dict[str, np.ndar
     if save_tensors not in SAVE_TENSORS:
         raise ValueError(f"save_tensors must be one of {SAVE_TENSORS}, got {save_tensors!r}")
     lockstep = lockstep_default() if lockstep is None else lockstep
+    plots.preload()                    # the report's plot, imported while the passes run
     stores = []
 
     def new_store():

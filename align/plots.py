@@ -1,7 +1,27 @@
 """Figures written next to reports (matplotlib, headless, atomic)."""
+import threading
+
 import numpy as np
 
 from twin_common.atomic import atomic_path
+
+
+def _import_pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
+
+
+def preload() -> None:
+    """Import matplotlib on a background thread while the frameworks run: the import takes ~0.8 s of a
+    report's ~1.1 s at 1x3x512x640 (benchmarks/bench_align.py), and the frameworks' kernels release the GIL.
+    An import that fails there fails again, with its error, where the plot is drawn."""
+    def quietly():
+        try:
+            _import_pyplot()
+        except Exception:
+            pass
+    threading.Thread(target=quietly, name="align-preload-matplotlib", daemon=True).start()
 
 
 def plot_curves(path, t_log, p_log, steps, title, t64=None, p64=None):

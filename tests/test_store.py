@@ -46,6 +46,28 @@ def test_statistics_only_keys(tmp_path):
     store.close()
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_one_pass_statistics_against_exact_sums(dtype):
+    """tensor_stats and Summaries (one pass, block moments combined pairwise) over many blocks of values with a
+    large offset (the case where a sum-of-squares formula cancels): mean, min and max equal NumPy's bit for bit,
+    std and L2 norm match math.fsum's correctly rounded sums to 1e-14, and both functions agree exactly."""
+    import math
+
+    from align.compare import BLOCK, Summaries
+    rng = np.random.default_rng(7)
+    a = (1e4 + rng.normal(size=5 * BLOCK + 12345)).astype(dtype)
+    b = a + np.asarray(1e-3, dtype=dtype)
+    a64 = a.astype(np.float64)
+    got = tensor_stats(a)
+    assert got[0] == np.mean(a64) and got[2] == a64.min() and got[3] == a64.max() and got[5] == a.size
+    mean = math.fsum(a64) / a.size
+    assert got[1] == pytest.approx(math.sqrt(math.fsum((a64 - mean) ** 2) / a.size), rel=1e-14)
+    assert got[4] == pytest.approx(math.sqrt(math.fsum(a64 * a64)), rel=1e-14)
+    summaries = Summaries.of({"a": a, "b": b}, diffs=[("a", "b")], stats=("a", "b"))
+    np.testing.assert_array_equal(summaries.stats("a"), got)
+    np.testing.assert_array_equal(summaries.stats("b"), tensor_stats(b))
+
+
 def _inplace_net():
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(inplace=True)).double()
