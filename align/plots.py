@@ -6,10 +6,12 @@ import numpy as np
 from twin_common.atomic import atomic_path
 
 
-def _import_pyplot():
+def _pyplot():
+    """matplotlib.pyplot on the headless Agg backend."""
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot  # noqa: F401
+    import matplotlib.pyplot as plt
+    return plt
 
 
 def preload() -> None:
@@ -18,7 +20,7 @@ def preload() -> None:
     An import that fails there fails again, with its error, where the plot is drawn."""
     def quietly():
         try:
-            _import_pyplot()
+            _pyplot()
         except Exception:
             pass
     threading.Thread(target=quietly, name="align-preload-matplotlib", daemon=True).start()
@@ -27,9 +29,7 @@ def preload() -> None:
 def plot_curves(path, t_log, p_log, steps, title, t64=None, p64=None):
     """Loss curves of both frameworks, and |torch - paddle| per term on a log scale; given the float64 runs
     (float32 reports), also each framework's float32 noise on the total loss, the floor it is measured against."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     x = np.arange(1, steps + 1)
 
     def series(log, k):
@@ -58,9 +58,7 @@ def plot_curves(path, t_log, p_log, steps, title, t64=None, p64=None):
 def plot_divergence(path, summary):
     """Per key in execution order, the fraction of its tolerance used (log scale), the tolerance (1) and the
     first divergence marked."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     keys = list(summary["keys"])
     ratios = np.array([float(summary["keys"][k].get("ratio", 0.0)) for k in keys])
     fig, ax = plt.subplots(figsize=(11, 4))

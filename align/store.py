@@ -23,7 +23,7 @@ from typing import Iterator
 
 import numpy as np
 
-from align.compare import _scratch, block_moments, block_tree, combine_moments, l2_squares
+from align.compare import _scratch, block_moments, block_tree, combine_moments, moments_stats
 from twin_common.atomic import remove_dead
 
 STATS_FIELDS = ("mean", "std", "min", "max", "l2_norm", "size")
@@ -125,12 +125,9 @@ def tensor_stats(value: np.ndarray) -> np.ndarray:
             buf = _scratch(hi - lo)
             np.copyto(buf, block, casting="unsafe")
             block = buf
-        low, high = block.min(), block.max()
-        return low, high, block_moments(block, np.add.reduce(block))
-    low, high, moments = block_tree(a.size, first, lambda x, y: (min(x[0], y[0]), max(x[1], y[1]),
-                                                                 combine_moments(x[2], y[2])))
-    total, m2, _ = moments
-    return np.array([total / a.size, np.sqrt(m2 / a.size), low, high, np.sqrt(l2_squares(moments)), a.size])
+        return block.min(), block.max(), block_moments(block)
+    return moments_stats(*block_tree(a.size, first, lambda x, y: (min(x[0], y[0]), max(x[1], y[1]),
+                                                                  combine_moments(x[2], y[2]))))
 
 
 class _Stats:

@@ -43,13 +43,13 @@ spec = zoo.get_spec(model)
 t, p = zoo.build_models(spec, None, 0)
 inputs = spec.inputs(0, shape)
 start = time.perf_counter()
+report, variant = 0, 0.0                # variant: the plain run's pass on torch's other kernels
 if mode == "plain":
     import contextlib
     from align.forward import torch_kernel_variant
     runs = [(t, "float64", False), (p, "float64", False)]
     if dtype == "float32":             # the five passes float32 alignment makes: torch's other kernels too
         runs = [(t, "float32", False), (p, "float32", False), (t, "float32", True)] + runs
-    variant = 0.0
     for model, run_dtype, other_kernels in runs:
         started = time.perf_counter()
         fw = frameworks.of(model)
@@ -60,7 +60,6 @@ if mode == "plain":
         del tensors
         if other_kernels:
             variant = time.perf_counter() - started
-    report = 0
 else:                                   # what forward_diff.run does once the pair is built
     from align.forward import align_forward
     view = spec.float64_view(t, shape) if spec.float64_view else None
@@ -68,7 +67,6 @@ else:                                   # what forward_diff.run does once the pa
                             check=f"forward:{{model}}", extra={{"model": model, "seed": 0}}, float64_view=view)
     assert summary["passed"], summary["first_divergence"]
     report = sum(f.stat().st_size for f in (Path(out) / model / "forward").rglob("*") if f.is_file())
-    variant = summary["timings"].get("torch_variant_float32_s", 0.0)
 seconds = time.perf_counter() - start
 print(json.dumps({{"seconds": seconds, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                   "report_bytes": report, "variant_seconds": variant}}))
@@ -86,7 +84,7 @@ def measure(mode, dtype, shape, model="retina_r50"):
 
 def interleaved(dtype, shape, model, repeat):
     """(alignment, plain): `repeat` measurements of each, alternating so that a slow spell of the machine hits
-    both; of each the fastest run (with its variant seconds) and the largest peak RSS."""
+    both; of each the fastest run (plain: with its variant seconds) and the largest peak RSS."""
     runs = take_turns({mode: (lambda mode=mode: measure(mode, dtype, shape, model)) for mode in ("align", "plain")},
                       repeat)
     best = {}
